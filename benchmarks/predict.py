@@ -1,0 +1,158 @@
+"""Prediction throughput and memory, side by side in one run.
+
+    python benchmarks/predict.py [--rows 1000] [--models resnet18,mobilenetv3_large_100]
+
+On clothing-small JPEGs (../shared/data/clothing-small/train), with randomly initialized timm
+models at 224 px (weights do not change the cost):
+- onnx alone: the same ONNX model on pre-decoded, pre-resized, normalized tensors in memory;
+- sqlvision predict: table -> decode -> ONNX Runtime -> sv_predictions, end to end;
+- plain PyTorch: what a user writes by hand, a torch DataLoader (2 workers) over the image
+  files with PIL + torchvision transforms, eager model, no_grad;
+- SQL predict(): SELECT id, predict(...).label FROM the table, every row fetched;
+- memory: peak RSS of `predict` over the rows and over 10x the rows, in fresh processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import sqlvision as sv
+from sqlvision.models import registry
+from sqlvision.models.export import bundle_from_torch
+from sqlvision.models.runtime import OnnxClassifier
+from sqlvision.preprocess import PreprocessSpec
+
+SHARED = Path(os.environ.get("SQLVISION_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data"))
+SPEC = PreprocessSpec(224, 224, "RGB", "crop")
+
+
+def register_random(db: sv.Database, arch: str, classes: list[str], example: np.ndarray) -> str:
+    import timm
+
+    model = timm.create_model(arch, num_classes=len(classes))
+    bundle = bundle_from_torch(model, name=arch, architecture=arch, classes=classes, spec=SPEC,
+                               example=example)
+    registry.save(db.backend, bundle)
+    return arch
+
+
+def onnx_alone(db: sv.Database, model: str, pixels: np.ndarray) -> float:
+    classifier = OnnxClassifier(db.model(model))
+    batch = SPEC.normalize(pixels)
+    start = time.perf_counter()
+    for i in range(0, len(batch), 64):
+        classifier.logits(batch[i:i + 64])
+    return len(batch) / (time.perf_counter() - start)
+
+
+def plain_pytorch(files: list[str], arch: str) -> float:
+    import timm
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    class Files(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.tf = transforms.Compose([transforms.Resize(224), transforms.CenterCrop(224),
+                                          transforms.ToTensor(),
+                                          transforms.Normalize(SPEC.mean, SPEC.std)])
+
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            with Image.open(files[i]) as img:
+                return self.tf(img.convert("RGB"))
+
+    model = timm.create_model(arch, num_classes=10).eval()
+    loader = torch.utils.data.DataLoader(Files(), batch_size=64, num_workers=2)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for x in loader:
+            model(x).argmax(1)
+    return len(files) / (time.perf_counter() - start)
+
+
+def sqlvision_predict(db: sv.Database, model: str, table: str) -> float:
+    db.backend.execute("DROP TABLE IF EXISTS sv_predictions")
+    start = time.perf_counter()
+    report = db.predict(model, table, progress=False)
+    return report.predicted / (time.perf_counter() - start)
+
+
+def sql_predict(db: sv.Database, model: str, table: str, n: int) -> float:
+    db.register_functions([model])
+    start = time.perf_counter()
+    rows = db.sql(f"SELECT id, predict('{model}', data).label FROM {table}")
+    assert len(rows) == n
+    return n / (time.perf_counter() - start)
+
+
+_MEMORY = """
+import resource, sys, sqlvision as sv
+db = sv.connect(sys.argv[1])
+db.predict(sys.argv[2], sys.argv[3], progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(url: str, model: str, table: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _MEMORY, url, model, table], capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--models", default="resnet18,mobilenetv3_large_100")
+    parser.add_argument("--memory-rows", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"duckdb:///{Path(tmp) / 'p.duckdb'}"
+        with sv.connect(url) as db:
+            db.ingest("all_photos", SHARED / "clothing-small" / "train", progress=False)
+            db.backend.execute(f"CREATE TABLE photos AS SELECT * FROM all_photos WHERE id <= {args.rows}")
+            n = db.sql("SELECT count(*) FROM photos").scalar()
+            files = [r[0] for r in db.sql("SELECT uri FROM photos ORDER BY id").fetchall()]
+            classes = sorted({r[0] for r in db.sql("SELECT DISTINCT label FROM photos").fetchall()})
+            pixels = np.stack([SPEC(r[0]) for r in db.sql("SELECT data FROM photos ORDER BY id")])
+            print(f"{n} clothing-small JPEGs, 224 px, {os.cpu_count()} cores")
+            for arch in args.models.split(","):
+                register_random(db, arch, classes, pixels[:4])
+                alone = onnx_alone(db, arch, pixels)
+                e2e = sqlvision_predict(db, arch, "photos")
+                plain = plain_pytorch(files, arch)
+                in_sql = sql_predict(db, arch, "photos", n)
+                print(f"\n{arch}")
+                print(f"  onnx alone, pre-decoded tensors {alone:8.1f} img/s")
+                print(f"  sqlvision predict (end to end)  {e2e:8.1f} img/s   vs onnx alone {e2e / alone:.2f}"
+                      "  (target >= 0.85)")
+                print(f"  plain PyTorch DataLoader loop   {plain:8.1f} img/s   sqlvision / plain "
+                      f"{e2e / plain:.2f}  (target >= 2)")
+                print(f"  SQL predict() over the table    {in_sql:8.1f} img/s   vs batch predict "
+                      f"{in_sql / e2e:.2f}  (target >= 0.8)")
+            small = args.models.split(",")[-1]
+            m = args.memory_rows
+            db.backend.execute(f"CREATE TABLE mem1 AS SELECT * FROM all_photos WHERE id <= {m}")
+            db.backend.execute("CREATE TABLE mem10 AS SELECT row_number() OVER () AS id, data, uri "
+                               "FROM mem1, range(10)")
+        one = peak_rss_mb(url, small, "mem1")
+        ten = peak_rss_mb(url, small, "mem10")
+        print(f"\npeak memory of predict ({small}): {m} rows {one:.0f} MiB, {10 * m} rows "
+              f"{ten:.0f} MiB, ratio {ten / one:.2f}  (target <= 1.2)")
+    _ = resource
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,634 @@
+"""The ``sqlvision`` command: parses arguments, calls the Python API, prints results.
+
+Errors print as one line (what went wrong; how to fix it) with a non-zero exit code; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlvision import __version__
+from sqlvision.errors import SqlvisionError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="URL", default=None,
+                        help="database URL: duckdb:///FILE (default duckdb:///sqlvision.duckdb "
+                             "or $SQLVISION_DB), sqlite:///FILE, postgresql://..., mysql://...")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return common
+
+
+def _columns(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own table's columns (defaults fit tables made by ingest)")
+    g.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
+    g.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
+    g.add_argument("--label-col", metavar="COL", help="label column (default: label)")
+    g.add_argument("--split-col", metavar="COL", help="split column (default: split)")
+
+
+def _column_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"id_col": args.id_col, "image_col": args.image_col, "label_col": args.label_col,
+            "split_col": args.split_col}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every verb and its help)."""
+    parser = argparse.ArgumentParser(
+        prog="sqlvision",
+        description="Image classification where the data already lives: in SQL databases. "
+                    "Ingest images into a table, explore them with SQL, train, predict.",
+        epilog="Run 'sqlvision VERB --help' for a verb's options. Start with: sqlvision demo",
+    )
+    parser.add_argument("--version", action="version", version=f"sqlvision {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    common = _common()
+
+    p = verbs.add_parser(
+        "ingest", parents=[common], help="load images (files, folders, URIs, IDX) into a table",
+        description="Load images into TABLE (created if needed). Reruns add only new files; "
+                    "bad files are skipped and listed in sv_ingest_errors.",
+        epilog="examples:\n"
+               "  sqlvision ingest photos data/clothing/validation\n"
+               "  sqlvision ingest photos 'shots/*.png' --labels 'regex:^(?P<label>.+)_pic_\\d+'\n"
+               "  sqlvision ingest photos images/ --labels csv:labels.csv --split random:0.8,0.1,0.1\n"
+               "  sqlvision ingest fashion data/fashion-mnist        # IDX files\n"
+               "  sqlvision ingest photos s3://bucket/images --reference",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("table", metavar="TABLE", help="table to create or add to")
+    p.add_argument("sources", metavar="SOURCE", nargs="+",
+                   help="folder (recursive), image file, quoted glob, URI (file://, s3://, "
+                        "memory://, ...), labels file (CSV/Parquet: path,label[,split]), or a "
+                        "folder of IDX files (MNIST, Fashion-MNIST)")
+    p.add_argument("--labels", metavar="RULE", default="folder",
+                   help="folder (class folder names, default), csv:PATH, parquet:PATH, "
+                        "regex:PATTERN with a (?P<label>...) group, or none")
+    p.add_argument("--split", metavar="RULE", default="folder",
+                   help="folder (train/validation/val/test folders, default), "
+                        "random:TRAIN,VAL,TEST (seeded, e.g. random:0.8,0.1,0.1), or none")
+    p.add_argument("--seed", type=int, default=0, help="seed of --split random (default 0)")
+    p.add_argument("--reference", action="store_true",
+                   help="store uri and metadata only (data NULL); bytes are read from the uri "
+                        "when needed")
+    p.add_argument("--refresh", action="store_true",
+                   help="also re-read changed files and flag missing ones (column missing)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images with more pixels (decompression bombs; default 89478485)")
+    p.add_argument("--check", choices=("header", "full"), default="header",
+                   help="header: parse headers and check the file is whole (fast, default); "
+                        "full: also decode every image")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="reader threads (default: 1 for local files, more for remote URIs)")
+    p.add_argument("--batch-rows", type=int, default=2048, metavar="N",
+                   help="rows per committed batch (default 2048; batches also stop at 128 MiB)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_ingest)
+
+    p = verbs.add_parser("sql", parents=[common], help="run SQL and print the result",
+                         description="Run a SQL query against the database and print the rows.")
+    p.add_argument("query", metavar="QUERY", help="the SQL text")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="table (default), csv, or json (an array of row objects)")
+    p.add_argument("--max-rows", type=int, default=100, metavar="N",
+                   help="rows shown in table format (0: all; default 100)")
+    p.set_defaults(func=_sql)
+
+    p = verbs.add_parser("stats", parents=[common], help="counts per label and split + bar chart",
+                         description="Print image counts per label x split and write the bar "
+                                     "chart as PNG.")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--where", metavar="SQL", help="filter rows with a SQL condition")
+    p.add_argument("--plot", metavar="PNG", help="bar chart path (default: TABLE-stats.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the bar chart")
+    _columns(p)
+    p.set_defaults(func=_stats)
+
+    p = verbs.add_parser("show", parents=[common], help="write one image, or a contact sheet",
+                         description="With --id, write that row's image (blob or reference) to "
+                                     "--out. Without, write a contact sheet PNG of a few images "
+                                     "per label.")
+    p.add_argument("table", metavar="TABLE")
+    p.add_argument("--id", dest="image_id", metavar="ID", help="row id of the image to write")
+    p.add_argument("--out", metavar="FILE",
+                   help="output file (default: TABLE-ID.<format> or TABLE-sheet.png); its "
+                        "extension picks the format")
+    p.add_argument("--per-label", type=int, default=6, metavar="N",
+                   help="images per label on the contact sheet (default 6)")
+    p.add_argument("--where", metavar="SQL", help="filter rows of the contact sheet")
+    _columns(p)
+    p.set_defaults(func=_show)
+
+    _train_parser(verbs, common)
+    _predict_parsers(verbs, common)
+    _models_parser(verbs, common)
+
+    p = verbs.add_parser("tables", parents=[common], help="list the tables in the database")
+    p.set_defaults(func=_tables)
+
+    p = verbs.add_parser("demo", parents=[common],
+                         help="run the whole flow on the bundled sample images",
+                         description="Ingest the bundled real sample images into an embedded "
+                                     "DuckDB database, explore them, train a classifier and "
+                                     "report its accuracy on held-out images.")
+    p.add_argument("--workdir", default="sqlvision-demo", metavar="DIR",
+                   help="where the demo database and pictures go (default ./sqlvision-demo)")
+    p.add_argument("--epochs", type=int, default=6, metavar="N", help="training epochs (default 6)")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use N or HxW, e.g. 28 or 224x224")
+    return (parts[0], parts[-1])
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad values {text!r}: use e.g. 0.5 or 0.485,0.456,0.406") from None
+
+
+def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
+    p = verbs.add_parser(
+        "train", parents=[common], help="train a classifier on a table; registers it in sv_models",
+        description="Train MODEL on the images of a table and register it (ONNX + preprocessing "
+                    "spec + PyTorch weights) as a new version in sv_models. Rows with split "
+                    "'validation' validate (else a seeded --val-fraction is held out); 'test' rows "
+                    "are never used.",
+        epilog="examples:\n"
+               "  sqlvision train fashion-cnn --table fashion --epochs 15\n"
+               "  sqlvision train clothes --table photos --arch resnet18 --pretrained "
+               "--train-layers last:2 --image-size 224\n"
+               "  sqlvision train clothes2 --table photos --from fashion-cnn --epochs 5\n"
+               "  sqlvision train clothes --table photos --resume     # after an interrupt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="MODEL", help="model name (each run adds a version)")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table to train on")
+    p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", metavar="NAME",
+                   help="architecture: sv_cnn_small, sv_cnn (default for small images), "
+                        "sv_cnn_wide (default for photos) or any timm name (resnet18, resnet50, "
+                        "efficientnet_b0, mobilenetv3_large_100, convnext_tiny, ...)")
+    g.add_argument("--from", dest="from_model", metavar="MODEL_OR_CHECKPOINT",
+                   help="start from a registered model (NAME or NAME:VERSION) or a checkpoint file")
+    g.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    g.add_argument("--pretrained-file", metavar="PATH",
+                   help="pretrained weights from a local file (offline machines)")
+    g.add_argument("--train-layers", default="all", metavar="head|last:N|all",
+                   help="which layers to train: the classifier only, the last N blocks, or all")
+    g.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
+    g.add_argument("--head", choices=("network", "logistic"), default="network",
+                   help="logistic: fit a scikit-learn logistic regression on the --from model's "
+                        "embeddings instead of training the network")
+    g = p.add_argument_group("images")
+    g.add_argument("--image-size", type=_image_size, metavar="N|HxW",
+                   help="input size (default: the images' own size up to 64 px, else 128)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--grayscale", dest="grayscale", action="store_true", default=None,
+                      help="train on 1-channel images (default: grayscale only if all images are)")
+    mode.add_argument("--rgb", dest="grayscale", action="store_false", help="train on RGB images")
+    g.add_argument("--resize", choices=("squash", "crop", "pad"),
+                   help="how images reach the input size (default: squash small images, crop photos)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalization mean per channel")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalization std per channel")
+    g.add_argument("--augment", default="light",
+                   choices=("none", "light", "standard", "trivialaugment", "randaugment"),
+                   help="augmentation preset (default light: crop + flip)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size (default 64)")
+    g.add_argument("--lr", type=float, metavar="LR",
+                   help="peak learning rate (default 3e-3 AdamW, 0.05 SGD; 0.3x when fine-tuning)")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    g.add_argument("--schedule", choices=("onecycle", "cosine", "step", "constant"),
+                   default="onecycle", help="learning-rate schedule (default onecycle)")
+    g.add_argument("--weight-decay", type=float, metavar="WD",
+                   help="L2 weight decay (default 0.01 AdamW, 5e-4 SGD)")
+    g.add_argument("--label-smoothing", type=float, default=0.1, metavar="F")
+    g.add_argument("--balance", action="store_true", help="weight classes by inverse frequency")
+    g.add_argument("--downsample", type=float, metavar="FRACTION",
+                   help="train on this fraction of the training rows (stratified, seeded)")
+    g.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="held-out fraction when the table has no validation split (default 0.1)")
+    g.add_argument("--seed", type=int, default=0, help="seed for splits, shuffling, augmentation")
+    g = p.add_argument_group("run")
+    g.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="checkpoints and curves (default ./sqlvision-runs/MODEL)")
+    g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
+                   help="also checkpoint every N steps within an epoch (default 500)")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    g.add_argument("--patience", type=int, metavar="EPOCHS",
+                   help="early stopping: stop after this many epochs without improvement")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    g.add_argument("--workers", type=int, metavar="N", help="decode threads")
+    g.add_argument("--cache-mb", type=int, default=1024, metavar="MB",
+                   help="memory for decoded images kept between epochs (default 1024)")
+    g.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard logs here")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _columns(p)
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sqlvision.models.bundle import ModelBundle
+    from sqlvision.train import run_summary
+
+    settings = {k: getattr(args, k) for k in ("head",
+        "arch", "from_model", "pretrained", "pretrained_file", "train_layers", "dropout",
+        "image_size", "grayscale", "resize", "mean", "std", "augment", "epochs", "batch_size",
+        "lr", "optimizer", "schedule", "weight_decay", "label_smoothing", "balance", "downsample",
+        "val_fraction", "seed", "checkpoint_every", "patience", "device", "workers", "cache_mb",
+        "tensorboard")}
+    with _connect(args) as db:
+        result = db.train(args.name, args.table, where=args.where,
+                          checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                          log=lambda line: print(line, flush=True),
+                          progress=False if args.no_progress else None, **_column_kwargs(args),
+                          **settings)
+    if isinstance(result, ModelBundle):  # --head logistic
+        m = result.metrics
+        val = f", validation accuracy {m['val_accuracy']:.4f}" if "val_accuracy" in m else ""
+        print(f"model {result.ref} registered (logistic regression on {m.get('train_rows')} "
+              f"embeddings of {result.lineage.get('parent')}{val})")
+        return 0
+    for message in result.messages:
+        print(message)
+    print(run_summary(result))
+    if result.skipped_unlabeled or result.skipped_unreadable:
+        print(f"skipped {result.skipped_unlabeled} unlabeled and {result.skipped_unreadable} "
+              "unreadable rows")
+    if result.curves:
+        print(f"training curves: {result.curves}")
+    return 0
+
+
+def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
+    p = verbs.add_parser(
+        "predict", parents=[common], help="predict a table's images into sv_predictions",
+        description="Predict every selected row with MODEL into sv_predictions (label, "
+                    "confidence, top_k, model version, timestamp). Rows already predicted by the "
+                    "same version are skipped, so reruns and interrupted runs complete without "
+                    "duplicates.")
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
+    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
+    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes kept in top_k (5)")
+    p.add_argument("--min-prob", type=float, default=0.0, metavar="P",
+                   help="leave out top-k classes below this probability")
+    p.add_argument("--recompute", action="store_true", help="predict rows already predicted")
+    p.add_argument("--into-columns", action="store_true",
+                   help="also write predicted_label, confidence, predicted_at into TABLE")
+    p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--device", help="cuda to run on the GPU")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per inference call")
+    p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: cores + 1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--id-col", metavar="COL")
+    p.add_argument("--image-col", metavar="COL")
+    p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("evaluate", parents=[common], help="accuracy, per-class metrics, report",
+                         description="Evaluate MODEL on the labeled rows of TABLE: accuracy, "
+                                     "top-k accuracy, per-class precision/recall/F1, confusion "
+                                     "matrix (stored in sv_evaluations) and an HTML report.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("--where", metavar="SQL", help="e.g. \"split = 'test'\"")
+    p.add_argument("--version", type=int, metavar="V")
+    p.add_argument("-k", type=int, default=5, help="k of top-k accuracy (default 5)")
+    p.add_argument("--report", metavar="DIR",
+                   help="write report.html, confusion.png, mistakes.png, metrics.json here")
+    p.add_argument("--no-progress", action="store_true")
+    _columns(p)
+    p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("embed", parents=[common], help="store image embeddings in sv_embeddings")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("--where", metavar="SQL")
+    p.add_argument("--version", type=int, metavar="V")
+    p.add_argument("--recompute", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--id-col", metavar="COL")
+    p.add_argument("--image-col", metavar="COL")
+    p.set_defaults(func=_embed)
+
+    p = verbs.add_parser("similar", parents=[common], help="find the most similar images",
+                         description="The K images of TABLE closest (cosine, on MODEL's "
+                                     "embeddings) to --image; missing embeddings are computed.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("--image", required=True, metavar="PATH", help="query image (path or URI)")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--id-col", metavar="COL")
+    p.add_argument("--image-col", metavar="COL")
+    p.set_defaults(func=_similar)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        report = db.predict(args.model, args.table, where=args.where, version=args.version,
+                            top_k=args.top_k, min_prob=args.min_prob, recompute=args.recompute,
+                            into_columns=args.into_columns, engine=args.engine, device=args.device,
+                            batch_size=args.batch_size, workers=args.workers,
+                            progress=False if args.no_progress else None, id_col=args.id_col,
+                            image_col=args.image_col)
+    print(report.summary())
+    for key, reason in report.failed[:5]:
+        print(f"  id {key}: {reason}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        ev = db.evaluate(args.model, args.table, where=args.where, version=args.version, k=args.k,
+                         report=args.report, progress=False if args.no_progress else None,
+                         id_col=args.id_col, image_col=args.image_col, label_col=args.label_col)
+    print(ev.text())
+    if ev.report:
+        print(f"report: {ev.report}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        report = db.embed(args.model, args.table, where=args.where, version=args.version,
+                          recompute=args.recompute, progress=False if args.no_progress else None,
+                          id_col=args.id_col, image_col=args.image_col)
+    print(report.summary())
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from sqlvision.result import format_table, to_csv, to_json
+
+    with _connect(args) as db:
+        table = db.similar(args.model, args.table, args.image, args.k,
+                           progress=False if args.no_progress else None, id_col=args.id_col,
+                           image_col=args.image_col).arrow()
+    print(to_json(table) if args.format == "json" else
+          to_csv(table).rstrip("\n") if args.format == "csv" else format_table(table))
+    return 0
+
+
+def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
+    p = verbs.add_parser("models", help="list, show, export, import or delete models",
+                         description="The model registry (table sv_models).")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    s = sub.add_parser("list", parents=[common], help="every model version")
+    s.set_defaults(func=_models_list)
+    s = sub.add_parser("show", parents=[common], help="classes, preprocessing, input/output schema")
+    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.set_defaults(func=_models_show)
+    s = sub.add_parser("export", parents=[common], help="write a self-contained bundle file")
+    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("--out", required=True, metavar="PATH", help="bundle file (.svmodel)")
+    s.add_argument("--onnx", action="store_true", help="write only the ONNX graph")
+    s.set_defaults(func=_models_export)
+    s = sub.add_parser("import", parents=[common], help="register a bundle or an ONNX classifier",
+                       description="Register a .svmodel bundle, or an external ONNX classifier "
+                                   "(N x C x H x W float input, N x classes output) with --labels.")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("path", metavar="PATH", help=".svmodel bundle or .onnx file")
+    s.add_argument("--labels", metavar="FILE", help="class names, one per line (ONNX files)")
+    s.add_argument("--image-size", type=_image_size, metavar="N|HxW", default=(224, 224))
+    s.add_argument("--mean", type=_floats, metavar="M[,M,M]")
+    s.add_argument("--std", type=_floats, metavar="S[,S,S]")
+    s.add_argument("--grayscale", action="store_true", help="the model takes 1-channel input")
+    s.add_argument("--resize", choices=("squash", "crop", "pad"), default="crop")
+    s.set_defaults(func=_models_import)
+    s = sub.add_parser("delete", parents=[common], help="delete a version, or all versions")
+    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.set_defaults(func=_models_delete)
+    s = sub.add_parser("archs", parents=[common], help="architectures --arch accepts")
+    s.add_argument("pattern", nargs="?", help="filter timm names, e.g. 'resnet*'")
+    s.set_defaults(func=_models_archs)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from sqlvision.result import format_table
+
+    with _connect(args) as db:
+        table = db.models().arrow()
+    if not table.num_rows:
+        print("no models yet: sqlvision train NAME --table TABLE")
+        return 0
+    rows = []
+    for r in table.to_pylist():
+        m = json.loads(r["metrics"]) if isinstance(r["metrics"], str) else (r["metrics"] or {})
+        acc = m.get("val_accuracy", m.get("train_accuracy"))
+        rows.append({"model": f"{r['name']}:{r['version']}", "architecture": r["architecture"],
+                     "classes": len(json.loads(r["classes"]) if isinstance(r["classes"], str)
+                                    else r["classes"]),
+                     "accuracy": None if acc is None else round(acc, 4),
+                     "created_at": r["created_at"]})
+    import pyarrow as pa
+
+    print(format_table(pa.Table.from_pylist(rows)))
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from sqlvision.models.registry import parse_ref
+
+    name, version = parse_ref(args.ref)
+    with _connect(args) as db:
+        bundle = db.model(name, version)
+    schema = bundle.io_schema()
+    print(f"model {bundle.ref}: {bundle.architecture}, created {bundle.created_at}")
+    print(f"classes ({len(bundle.classes)}): {', '.join(bundle.classes)}")
+    print(f"preprocessing: {bundle.spec.to_json()}")
+    for kind in ("inputs", "outputs"):
+        for t in schema[kind]:
+            print(f"{kind[:-1]}: {t['name']} {t['type']} [{', '.join(map(str, t['shape']))}]")
+    print(f"metrics: {json.dumps(bundle.metrics, default=str)}")
+    print(f"lineage: {json.dumps(bundle.lineage, default=str)}")
+    print(f"training: {json.dumps(bundle.config, default=str)}")
+    return 0
+
+
+def _models_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sqlvision.models.registry import parse_ref
+
+    name, version = parse_ref(args.ref)
+    with _connect(args) as db:
+        bundle = db.model(name, version)
+    if args.onnx:
+        Path(args.out).write_bytes(bundle.onnx)
+        path = Path(args.out)
+    else:
+        path = bundle.write(args.out)
+    print(f"wrote {bundle.ref} to {path}")
+    return 0
+
+
+def _models_import(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        bundle = db.import_model(args.name, args.path, labels=args.labels,
+                                 image_size=args.image_size, mean=args.mean, std=args.std,
+                                 grayscale=args.grayscale, resize=args.resize)
+    print(f"registered {bundle.ref} ({len(bundle.classes)} classes)")
+    return 0
+
+
+def _models_delete(args: argparse.Namespace) -> int:
+    from sqlvision.models import registry
+
+    name, version = registry.parse_ref(args.ref)
+    with _connect(args) as db:
+        n = registry.delete(db.backend, name, version)
+    print(f"deleted {n} version{'s' if n != 1 else ''} of {name}")
+    return 0
+
+
+def _models_archs(args: argparse.Namespace) -> int:
+    from sqlvision.models.architectures import builtin_architectures, list_architectures
+
+    for name, description in builtin_architectures().items():
+        print(f"{name:16s} {description}")
+    timm_names = [n for n in list_architectures(args.pattern) if n not in builtin_architectures()]
+    print(f"... and {len(timm_names)} timm architectures"
+          + (f": {', '.join(timm_names[:40])}" if args.pattern else " (filter: archs 'resnet*')"))
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from sqlvision.connection import connect
+
+    return connect(args.db)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from sqlvision.imaging import DEFAULT_MAX_PIXELS
+
+    with _connect(args) as db:
+        report = db.ingest(args.table, *args.sources, labels=args.labels, split=args.split,
+                           seed=args.seed, reference=args.reference, refresh=args.refresh,
+                           max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, check=args.check,
+                           workers=args.workers, batch_rows=args.batch_rows,
+                           progress=False if args.no_progress else None)
+    print(report.summary())
+    print_ingest_errors(report)
+    return 0
+
+
+def print_ingest_errors(report: Any, limit: int = 5) -> None:
+    """The first few skipped files with their reasons, and where to find the rest."""
+    from sqlvision.storage import display_path
+
+    for path, reason in report.errors[:limit]:
+        print(f"  skipped {display_path(path)}: {reason}")
+    if len(report.errors) > limit:
+        print(f"  ... and {len(report.errors) - limit} more: sqlvision sql \"SELECT * FROM "
+              f"sv_ingest_errors WHERE table_name = '{report.table}'\"")
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from sqlvision.result import format_table, to_csv, to_json
+
+    with _connect(args) as db:
+        table = db.sql(args.query).arrow()
+    if args.format == "json":
+        print(to_json(table))
+    elif args.format == "csv":
+        sys.stdout.write(to_csv(table))
+    elif table.num_columns:
+        print(format_table(table, max_rows=args.max_rows or None))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from sqlvision.result import format_table
+
+    plot = None if args.no_plot else (args.plot or f"{args.table}-stats.png")
+    with _connect(args) as db:
+        result = db.stats(args.table, where=args.where, plot=plot, **_column_kwargs(args))
+    table = result.arrow()
+    print(format_table(table))
+    totals = table.column("total").to_pylist()
+    print(f"{sum(totals):,} images, {len(totals)} labels")
+    if plot:
+        print(f"bar chart: {plot}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        if args.image_id is not None:
+            path = db.show(args.table, _typed_id(args.image_id), args.out, **_column_kwargs(args))
+        else:
+            out = args.out or f"{args.table}-sheet.png"
+            path = db.contact_sheet(args.table, out, per_label=args.per_label, where=args.where,
+                                    **_column_kwargs(args))
+    print(f"wrote {path}")
+    return 0
+
+
+def _typed_id(value: str) -> Any:
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _tables(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        for name in db.tables():
+            print(name)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sqlvision.demo import run_demo
+
+    return run_demo(args.workdir, args.db, epochs=args.epochs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sqlvision`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("sqlvision: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except SqlvisionError as exc:
+        if args.debug:
+            raise
+        print(f"sqlvision: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"sqlvision: error: {type(exc).__name__}: {message} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``Database``: the Python API. Each method mirrors a CLI verb of the same name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlvision.db import open_backend, parse_url
+from sqlvision.db.base import Backend
+from sqlvision.imaging import DEFAULT_MAX_PIXELS
+from sqlvision.ingest import IngestReport
+from sqlvision.result import Result
+from sqlvision.tables import ImageTable
+
+
+class Database:
+    """A connection to one database: embedded DuckDB by default, SQLite, or a server."""
+
+    def __init__(self, url: str | os.PathLike[str] | None = None) -> None:
+        self.url = parse_url(url)
+        self.backend: Backend = open_backend(self.url)
+        self._models: Any = None  # SQL functions' model cache, set up on first use
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.redacted!r})"
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.backend.close()
+
+    # -- SQL -----------------------------------------------------------------------------------
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> Result:
+        """Run SQL and return its rows (``.arrow()``, ``.df()``, ``.fetchall()``).
+
+        ``predict(model, image)``, ``predict_topk(model, image, k[, min_prob])`` and
+        ``embed(model, image)`` work inside the query on DuckDB and SQLite.
+        """
+        from sqlvision.predict.functions import models_in
+
+        refs = models_in(query)
+        if refs:
+            query = self.register_functions(refs, query)
+        return Result(self.backend.query(query, params or ()))
+
+    def register_functions(self, refs: Sequence[str] = (), query: str = "") -> str:
+        """Register the SQL functions on this connection and load the models ``refs`` (newer
+        versions are picked up); returns ``query`` in the engine's form."""
+        from sqlvision.predict import functions
+
+        if self._models is None:
+            self._models = functions.ModelCache(self.backend)
+            if self.backend.dialect == "duckdb":
+                functions.register_duckdb(self.backend.con, self._models)  # type: ignore[attr-defined]
+            elif self.backend.dialect == "sqlite":
+                functions.register_sqlite(self.backend.con, self._models)  # type: ignore[attr-defined]
+            else:
+                from sqlvision.errors import SqlvisionError
+
+                self._models = None
+                raise SqlvisionError(
+                    f"{self.backend.dialect} cannot run Python functions inside SQL",
+                    "run sqlvision predict, then query sv_predictions or the TABLE_predicted view")
+        self._models.refresh(list(refs))
+        if self.backend.dialect == "sqlite" and query:
+            from sqlvision.predict.rewrite import rewrite_for_sqlite
+
+            return rewrite_for_sqlite(query)
+        return query
+
+    def tables(self) -> list[str]:
+        """The tables in the database, catalog tables (``sv_*``) included."""
+        return self.backend.list_tables()
+
+    def image_table(self, table: str, *, id_col: str | None = None, image_col: str | None = None,
+                    label_col: str | None = None, split_col: str | None = None) -> ImageTable:
+        """Describe ``table``'s image columns (defaults fit tables made by :meth:`ingest`)."""
+        return ImageTable.resolve(self.backend, table, id_col=id_col, image_col=image_col,
+                                  label_col=label_col, split_col=split_col)
+
+    # -- verbs ----------------------------------------------------------------------------------
+    def ingest(self, table: str, *sources: str | os.PathLike[str], labels: str | None = None,
+               split: str | None = None, seed: int = 0, reference: bool = False,
+               refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               check: str = "header", workers: int | None = None,
+               batch_rows: int = 2048, progress: bool | None = None) -> IngestReport:
+        """Add images from folders, files, globs, URIs, labels files or IDX archives to ``table``.
+
+        ``labels``: ``folder`` (class folders, the default), ``csv:PATH``, ``parquet:PATH``,
+        ``regex:PATTERN`` with a ``label`` group, or ``none``. ``split``: ``folder`` (``train``,
+        ``validation``/``val``, ``test`` folders), ``random:TRAIN,VAL,TEST`` seeded by ``seed``,
+        or ``none``. ``reference`` stores uris and metadata only. Reruns add only what is new;
+        ``refresh`` also re-reads changed files and flags missing ones. Bad files are skipped
+        and recorded in ``sv_ingest_errors``.
+        """
+        from sqlvision.ingest import ingest
+
+        return ingest(self.backend, table, [os.fspath(s) for s in sources], labels=labels,
+                      split=split, seed=seed, reference=reference, refresh=refresh,
+                      max_pixels=max_pixels, check=check, workers=workers,
+                      batch_rows=batch_rows, progress=progress)
+
+    def train(self, name: str, table: str, *, where: str | None = None,
+              checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+              progress: bool | None = None, log: Any = print, id_col: str | None = None,
+              image_col: str | None = None, label_col: str | None = None,
+              split_col: str | None = None, **settings: Any) -> Any:
+        """Train classifier ``name`` on ``table`` and register it as a new version in ``sv_models``.
+
+        ``settings`` are :class:`sqlvision.train.TrainConfig` fields (``arch``, ``epochs``,
+        ``batch_size``, ``lr``, ``augment``, ``from_model``, ``train_layers``, ...). Rows come
+        from the ``split`` column (``train``; ``validation`` for validation; ``test`` is never
+        used) or a seeded hold-out. Returns a :class:`sqlvision.train.TrainResult`.
+        """
+        from sqlvision.train import TrainConfig, Trainer
+
+        spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col,
+                                split_col=split_col)
+        if settings.pop("head", "network") == "logistic":
+            from sqlvision.embed import fit_logistic_head
+            from sqlvision.errors import SqlvisionError
+
+            base = settings.get("from_model")
+            if not base:
+                raise SqlvisionError("--head logistic fits on a model's embeddings",
+                                     "name that model with --from")
+            return fit_logistic_head(self.backend, name, base, spec, where=where,
+                                     seed=settings.get("seed", 0), progress=progress)
+        config = TrainConfig(**settings)
+        trainer = Trainer(self.backend, name, spec, config, where=where,
+                          checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, log=log)
+        return trainer.fit()
+
+    def predict(self, model: str, table: str, *, where: str | None = None,
+                version: int | None = None, top_k: int = 5, min_prob: float = 0.0,
+                recompute: bool = False, into_columns: bool = False, engine: str = "onnxruntime",
+                device: str | None = None, batch_size: int = 32, workers: int | None = None,
+                progress: bool | None = None, id_col: str | None = None,
+                image_col: str | None = None) -> Any:
+        """Predict the rows of ``table`` into ``sv_predictions`` (one row per image and model
+        version; already predicted rows are skipped unless ``recompute``). ``into_columns`` also
+        writes ``predicted_label``, ``confidence`` and ``predicted_at`` into ``table``."""
+        from sqlvision.predict.batch import predict_table
+
+        spec = self.image_table(table, id_col=id_col, image_col=image_col)
+        return predict_table(self.backend, model, spec, where=where, version=version, top_k=top_k,
+                             min_prob=min_prob, recompute=recompute, into_columns=into_columns,
+                             engine=engine, device=device, batch_size=batch_size, workers=workers,
+                             progress=progress)
+
+    def evaluate(self, model: str, table: str, *, where: str | None = None,
+                 version: int | None = None, k: int = 5,
+                 report: str | os.PathLike[str] | None = None, engine: str = "onnxruntime",
+                 progress: bool | None = None, id_col: str | None = None,
+                 image_col: str | None = None, label_col: str | None = None) -> Any:
+        """Accuracy, top-k accuracy, per-class precision/recall/F1 and the confusion matrix of
+        ``model`` on the labeled rows of ``table``; ``report`` writes the HTML report there."""
+        from sqlvision.evaluate import evaluate
+
+        spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col)
+        return evaluate(self.backend, model, spec, where=where, version=version, k=k,
+                        report_dir=report, engine=engine, progress=progress)
+
+    def embed(self, model: str, table: str, *, where: str | None = None,
+              version: int | None = None, recompute: bool = False, progress: bool | None = None,
+              id_col: str | None = None, image_col: str | None = None) -> Any:
+        """Store penultimate-layer vectors of ``table``'s rows in ``sv_embeddings``."""
+        from sqlvision.embed import embed_table
+
+        spec = self.image_table(table, id_col=id_col, image_col=image_col)
+        return embed_table(self.backend, model, spec, where=where, version=version,
+                           recompute=recompute, progress=progress)
+
+    def similar(self, model: str, table: str, image: str | bytes, k: int = 5, *,
+                progress: bool | None = None, id_col: str | None = None,
+                image_col: str | None = None) -> Result:
+        """The ``k`` rows of ``table`` whose images are most similar to ``image`` (cosine)."""
+        from sqlvision.embed import similar
+
+        spec = self.image_table(table, id_col=id_col, image_col=image_col)
+        return Result(similar(self.backend, model, spec, image, k, progress=progress))
+
+    def model(self, name: str, version: int | None = None) -> Any:
+        """The registered :class:`~sqlvision.models.bundle.ModelBundle` ``name`` (latest version)."""
+        from sqlvision.models import registry
+
+        return registry.load(self.backend, name, version)
+
+    def import_model(self, name: str, path: str | os.PathLike[str], *, labels: str | None = None,
+                     image_size: tuple[int, int] = (224, 224), mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, grayscale: bool = False,
+                     resize: str = "crop") -> Any:
+        """Register a ``.svmodel`` bundle, or an external ONNX classifier with ``labels`` (one class
+        name per line) and its preprocessing, as the next version of ``name``."""
+        from sqlvision.models.importing import import_model
+
+        return import_model(self.backend, name, path, labels=labels, image_size=image_size,
+                            mean=mean, std=std, grayscale=grayscale, resize=resize)
+
+    def models(self) -> Result:
+        """Registered models, one row per version."""
+        from sqlvision.models import registry
+
+        return Result(registry.list_models(self.backend))
+
+    def stats(self, table: str, *, where: str | None = None,
+              plot: str | os.PathLike[str] | None = None, **columns: str | None) -> Result:
+        """Image counts per label (rows) and split (columns); ``plot`` also writes the bar chart."""
+        from sqlvision.explore import label_split_counts, plot_counts
+
+        spec = self.image_table(table, **columns)
+        counts = label_split_counts(self.backend, spec, where)
+        if plot is not None:
+            plot_counts(counts, plot, f"{table}: images per label and split")
+        return Result(counts)
+
+    def show(self, table: str, image_id: Any, out: str | os.PathLike[str] | None = None,
+             **columns: str | None) -> Path:
+        """Write one row's image to ``out`` (its own format unless the extension asks another)."""
+        from sqlvision.explore import fetch_image, write_image
+
+        spec = self.image_table(table, **columns)
+        data, _ = fetch_image(self.backend, spec, image_id)
+        return write_image(data, out, f"{table}-{image_id}")
+
+    def contact_sheet(self, table: str, out: str | os.PathLike[str], *, per_label: int = 6,
+                      where: str | None = None, thumb: int = 96, **columns: str | None) -> Path:
+        """Write a PNG grid of the first ``per_label`` images of each label."""
+        from sqlvision.explore import contact_sheet
+
+        spec = self.image_table(table, **columns)
+        return contact_sheet(self.backend, spec, out, per_label=per_label, where=where,
+                             thumb=thumb)
+
+
+def connect(url: str | os.PathLike[str] | None = None) -> Database:
+    """Open a database: ``None`` means ``$SQLVISION_DB``, else ``duckdb:///sqlvision.duckdb``."""
+    return Database(url)

@@ -1,0 +1,236 @@
+"""The backend interface: the few operations every engine provides, with fast paths per engine.
+
+Internal SQL is written with ``?`` placeholders and double-quoted identifiers produced by
+:meth:`Backend.quote`; a backend whose driver wants another style translates in ``_prepare``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from sqlvision.db.identifiers import quote_identifier, quote_name, split_name
+from sqlvision.db.url import DatabaseURL
+from sqlvision.errors import SqlvisionError
+
+LOGICAL_TYPES = ("bigint", "int", "double", "bool", "text", "key", "blob", "timestamp", "json",
+                 "vector")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a table sqlvision creates; ``type`` is one of :data:`LOGICAL_TYPES`.
+
+    ``key`` is text that takes part in an index (engines that cannot index TEXT get a VARCHAR).
+    """
+
+    name: str
+    type: str
+    primary_key: bool = False
+    unique: bool = False
+    not_null: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in LOGICAL_TYPES:
+            raise ValueError(f"unknown logical type {self.type!r}")
+
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "bigint": pa.int64(),
+    "int": pa.int32(),
+    "double": pa.float64(),
+    "bool": pa.bool_(),
+    "text": pa.string(),
+    "key": pa.string(),
+    "blob": pa.binary(),
+    "timestamp": pa.timestamp("us"),
+    "json": pa.string(),
+    "vector": pa.list_(pa.float32()),
+}
+
+
+def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
+    """The Arrow schema matching a column list, used to build insert batches."""
+    return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
+
+
+class Backend(ABC):
+    """One database engine. Subclasses register URL schemes in :mod:`sqlvision.db`."""
+
+    dialect: ClassVar[str]
+    quote_char: ClassVar[str] = '"'
+    type_names: ClassVar[dict[str, str]]
+
+    def __init__(self, url: DatabaseURL) -> None:
+        self.url = url
+        self._tx_depth = 0
+
+    # -- names -------------------------------------------------------------------------------
+    def quote(self, name: str) -> str:
+        """Quote a (possibly schema-qualified) table or a column name for this dialect."""
+        return quote_name(name, self.quote_char)
+
+    def quote_column(self, name: str) -> str:
+        """Quote a single column name (dots are part of the name, not a qualifier)."""
+        return quote_identifier(name, self.quote_char)
+
+    # -- statements ----------------------------------------------------------------------------
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement that returns nothing."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a query and return all of its rows as an Arrow table."""
+
+    @abstractmethod
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), batch_rows: int = 1024
+    ) -> Iterator[pa.RecordBatch]:
+        """Yield a query's rows in Arrow batches without holding the whole result."""
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row, or ``None``."""
+        table = self.query(sql, params)
+        return table.column(0)[0].as_py() if table.num_rows else None
+
+    # -- transactions ----------------------------------------------------------------------------
+    @abstractmethod
+    def _begin(self) -> None: ...
+
+    @abstractmethod
+    def _commit(self) -> None: ...
+
+    @abstractmethod
+    def _rollback(self) -> None: ...
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: the outermost block commits on success and rolls back on error."""
+        if self._tx_depth:
+            self._tx_depth += 1
+            try:
+                yield
+            finally:
+                self._tx_depth -= 1
+            return
+        self._begin()
+        self._tx_depth = 1
+        try:
+            yield
+        except BaseException:
+            self._tx_depth = 0
+            self._rollback()
+            raise
+        self._tx_depth = 0
+        self._commit()
+
+    # -- tables ------------------------------------------------------------------------------------
+    @abstractmethod
+    def table_exists(self, name: str) -> bool:
+        """Whether ``name`` (optionally schema-qualified) is a table or view."""
+
+    @abstractmethod
+    def table_columns(self, name: str) -> list[str]:
+        """Column names of an existing table, in order."""
+
+    @abstractmethod
+    def list_tables(self) -> list[str]:
+        """Tables and views visible to the user."""
+
+    def create_table(self, name: str, columns: Sequence[Column],
+                     primary_key: Sequence[str] = ()) -> None:
+        """Create ``name`` with ``columns`` (and a composite ``primary_key``) unless it exists."""
+        defs = []
+        for col in columns:
+            parts = [self.quote_column(col.name), self.column_type(col)]
+            if col.primary_key:
+                parts.append("PRIMARY KEY")
+            elif col.unique:
+                parts.append("UNIQUE")
+            if col.not_null and not col.primary_key:
+                parts.append("NOT NULL")
+            defs.append(" ".join(parts))
+        if primary_key:
+            defs.append(f"PRIMARY KEY ({', '.join(self.quote_column(c) for c in primary_key)})")
+        self.execute(f"CREATE TABLE IF NOT EXISTS {self.quote(name)} ({', '.join(defs)})")
+
+    def column_type(self, column: Column) -> str:
+        """The SQL type (with storage options) for a column in ``CREATE TABLE``."""
+        return self.type_names[column.type]
+
+    def create_index(self, table: str, columns: Sequence[str]) -> None:
+        """Create an index on ``columns`` unless one of the same name exists."""
+        base = split_name(table)[-1]
+        index = f"{base}_{'_'.join(columns)}_idx"[:63]
+        cols = ", ".join(self.quote_column(c) for c in columns)
+        self.execute(
+            f"CREATE INDEX IF NOT EXISTS {self.quote_column(index)} ON {self.quote(table)} ({cols})"
+        )
+
+    def add_column(self, table: str, column: Column) -> None:
+        """Add a column to an existing table."""
+        self.execute(
+            f"ALTER TABLE {self.quote(table)} ADD COLUMN "
+            f"{self.quote_column(column.name)} {self.type_names[column.type]}"
+        )
+
+    # -- bulk data -----------------------------------------------------------------------------------
+    def insert(self, table: str, data: pa.Table) -> None:
+        """Append ``data`` to ``table`` (columns matched by name). Engines override with a fast path."""
+        if not data.num_rows:
+            return
+        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        marks = ", ".join("?" for _ in data.column_names)
+        self.executemany(
+            f"INSERT INTO {self.quote(table)} ({cols}) VALUES ({marks})", self._rows(data)
+        )
+
+    def update(self, table: str, key: str, data: pa.Table) -> None:
+        """Set the other columns of ``data`` on rows of ``table`` whose ``key`` matches."""
+        if not data.num_rows:
+            return
+        others = [c for c in data.column_names if c != key]
+        sets = ", ".join(f"{self.quote_column(c)} = ?" for c in others)
+        rows = self._rows(data.select([*others, key]))
+        self.executemany(
+            f"UPDATE {self.quote(table)} SET {sets} WHERE {self.quote_column(key)} = ?", rows
+        )
+
+    def update_join(self, target: str, target_key: str, source: str, source_key: str,
+                    assignments: dict[str, str], where: str, params: Sequence[Any]) -> None:
+        """``UPDATE target SET col = s.col ... FROM source s WHERE s.key = target.key AND where``.
+
+        ``where`` may use ``s.`` for the source and unqualified target columns.
+        """
+        t = self.quote(target)
+        sets = ", ".join(f"{self.quote_column(c)} = s.{self.quote_column(v)}"
+                         for c, v in assignments.items())
+        self.execute(
+            f"UPDATE {t} SET {sets} FROM {self.quote(source)} AS s "
+            f"WHERE s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
+            f"AND {where}", params)
+
+    def _rows(self, data: pa.Table) -> list[tuple[Any, ...]]:
+        return list(zip(*(col.to_pylist() for col in data.columns), strict=True))
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def register_function(self, name: str, func: Any, **options: Any) -> None:
+        """Make a Python function callable from SQL, where the engine allows it."""
+        raise SqlvisionError(
+            f"{self.dialect} cannot run Python functions inside SQL",
+            "use batch prediction, which writes results back to a table",
+        )

@@ -1,0 +1,198 @@
+"""Embedded DuckDB: the default engine. Bulk data moves through Arrow without Python rows."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import duckdb
+import pyarrow as pa
+
+from sqlvision.db.base import Backend, Column
+from sqlvision.db.identifiers import quote_identifier, split_name
+from sqlvision.db.url import DatabaseURL
+from sqlvision.errors import SqlvisionError
+
+_view_ids = itertools.count()
+ROW_GROUP_ROWS = 2048
+
+
+def _to_arrow(relation: Any) -> pa.Table:
+    if relation is None:
+        return pa.table({})
+    if hasattr(relation, "to_arrow_table"):
+        return relation.to_arrow_table()
+    return relation.fetch_arrow_table()  # duckdb < 1.4
+
+
+class DuckDBBackend(Backend):
+    """A DuckDB database file (or ``:memory:``)."""
+
+    dialect = "duckdb"
+    type_names: ClassVar[dict[str, str]] = {
+        "bigint": "BIGINT",
+        "int": "INTEGER",
+        "double": "DOUBLE",
+        "bool": "BOOLEAN",
+        "text": "VARCHAR",
+        "key": "VARCHAR",
+        "blob": "BLOB",
+        "timestamp": "TIMESTAMP",
+        "json": "JSON",
+        "vector": "FLOAT[]",
+    }
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        try:
+            self.con, self.catalog = self._open(url.path)
+        except duckdb.IOException as exc:
+            raise SqlvisionError(
+                f"cannot open DuckDB database {url.path!r}: {exc}",
+                "close the other process using it, or use another --db file",
+            ) from exc
+
+    @staticmethod
+    def _open(path: str) -> tuple[duckdb.DuckDBPyConnection, str | None]:
+        """Open ``path`` with row groups of 2,048 rows (one vector) instead of 122,880.
+
+        DuckDB writes a committed batch straight to the database file, skipping the WAL, only
+        once the batch fills a row group; with image-sized rows a default row group is
+        gigabytes, so every batch would be written twice. Small row groups halve the cost of
+        storing image bytes. The catalog keeps the file's stem as its name, as a plain
+        ``duckdb.connect(path)`` would.
+        """
+        if path == ":memory:":
+            return duckdb.connect(), None
+        con = duckdb.connect()
+        stem = os.path.splitext(os.path.basename(path))[0] or "db"
+        alias = stem if stem.lower() not in ("memory", "system", "temp") else f"{stem}_db"
+        target = "'" + path.replace("'", "''") + "'"
+        try:
+            con.execute(f"ATTACH {target} AS {quote_identifier(alias)} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+        except (duckdb.NotImplementedException, duckdb.ParserException, duckdb.BinderException):
+            con.execute(f"ATTACH {target} AS {quote_identifier(alias)}")  # DuckDB < 1.2
+        con.execute(f"USE {quote_identifier(alias)}")
+        return con, alias
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A second connection to the same database (for reading while ``self`` writes)."""
+        cursor = self.con.cursor()
+        if self.catalog is not None:
+            cursor.execute(f"USE {quote_identifier(self.catalog)}")
+        return cursor
+
+    def column_type(self, column: Column) -> str:
+        # Image and model bytes are already compressed: trying to compress them again costs
+        # about 40% of the time it takes to store them, for nothing.
+        if column.type == "blob":
+            return "BLOB USING COMPRESSION uncompressed"
+        return self.type_names[column.type]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, list(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.con.executemany(sql, [list(r) for r in rows])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return _to_arrow(self.con.sql(sql, params=list(params) or None))
+
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), batch_rows: int = 1024
+    ) -> Iterator[pa.RecordBatch]:
+        # A cursor is a second connection to the same database, so the caller may write
+        # through ``self`` while this result is being read.
+        cursor = self.cursor()
+        try:
+            relation = cursor.sql(sql, params=list(params) or None)
+            if relation is None:
+                return
+            reader = (
+                relation.to_arrow_reader(batch_rows)
+                if hasattr(relation, "to_arrow_reader")
+                else relation.fetch_record_batch(batch_rows)
+            )
+            yield from reader
+        finally:
+            cursor.close()
+
+    def _begin(self) -> None:
+        self.con.begin()
+
+    def _commit(self) -> None:
+        self.con.commit()
+
+    def _rollback(self) -> None:
+        self.con.rollback()
+
+    def _where_name(self, name: str) -> tuple[str, list[Any]]:
+        parts = split_name(name)
+        table = parts[-1]
+        here = "table_catalog = current_database()"
+        if len(parts) == 1:
+            return f"table_name = ? AND table_schema = current_schema() AND {here}", [table]
+        if len(parts) == 2:
+            return f"table_name = ? AND table_schema = ? AND {here}", [table, parts[0]]
+        return "table_name = ? AND table_schema = ? AND table_catalog = ?", [table, parts[1],
+                                                                               parts[0]]
+
+    def table_exists(self, name: str) -> bool:
+        where, params = self._where_name(name)
+        return bool(self.scalar(f"SELECT count(*) FROM information_schema.tables WHERE {where}",
+                                params))
+
+    def table_columns(self, name: str) -> list[str]:
+        where, params = self._where_name(name)
+        rows = self.query(
+            f"SELECT column_name FROM information_schema.columns WHERE {where} "
+            "ORDER BY ordinal_position",
+            params,
+        )
+        return rows.column(0).to_pylist()
+
+    def list_tables(self) -> list[str]:
+        rows = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_catalog = current_database() ORDER BY table_name"
+        )
+        return rows.column(0).to_pylist()
+
+    def _with_view(self, data: pa.Table, sql_template: str) -> None:
+        view = f"sv_batch_{next(_view_ids)}"
+        self.con.register(view, data)
+        try:
+            self.con.execute(sql_template.format(view=self.quote_column(view)))
+        finally:
+            self.con.unregister(view)
+
+    def insert(self, table: str, data: pa.Table) -> None:
+        if not data.num_rows:
+            return
+        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        self._with_view(data, f"INSERT INTO {self.quote(table)} ({cols}) SELECT {cols} FROM {{view}}")
+
+    def update(self, table: str, key: str, data: pa.Table) -> None:
+        if not data.num_rows:
+            return
+        k = self.quote_column(key)
+        sets = ", ".join(
+            f"{self.quote_column(c)} = v.{self.quote_column(c)}"
+            for c in data.column_names
+            if c != key
+        )
+        self._with_view(
+            data, f"UPDATE {self.quote(table)} AS t SET {sets} FROM {{view}} AS v WHERE t.{k} = v.{k}"
+        )
+
+    def register_function(self, name: str, func: Any, **options: Any) -> None:
+        with contextlib.suppress(duckdb.InvalidInputException, duckdb.CatalogException):
+            self.con.remove_function(name)
+        self.con.create_function(name, func, **options)
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,137 @@
+"""SQLite through the standard library: a single-file database with no extra dependency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from sqlvision.db.base import Backend
+from sqlvision.db.identifiers import split_name
+from sqlvision.db.url import DatabaseURL
+from sqlvision.errors import SqlvisionError
+
+
+def _adapt(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, list):  # vectors: float32 bytes, read back by sqlvision.embed.as_vector
+        return np.asarray(value, np.float32).tobytes()
+    return value
+
+
+def _column_array(values: list[Any]) -> pa.Array:
+    """Arrow array for a SQLite column, whose values may mix types (SQLite has no column types)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _rows_to_arrow(description: Any, rows: list[tuple[Any, ...]]) -> pa.Table:
+    names = [d[0] for d in description or ()]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    # from_arrays keeps duplicate names (SELECT a.label, b.label ...), as DuckDB does
+    return pa.Table.from_arrays([_column_array(list(c)) for c in columns], names=names)
+
+
+class SQLiteBackend(Backend):
+    """A SQLite database file (or ``:memory:``)."""
+
+    dialect = "sqlite"
+    type_names: ClassVar[dict[str, str]] = {
+        "bigint": "INTEGER",
+        "int": "INTEGER",
+        "double": "REAL",
+        "bool": "BOOLEAN",
+        "text": "TEXT",
+        "key": "TEXT",
+        "blob": "BLOB",
+        "timestamp": "TIMESTAMP",
+        "json": "TEXT",
+        "vector": "BLOB",
+    }
+
+    def __init__(self, url: DatabaseURL) -> None:
+        super().__init__(url)
+        try:
+            self.con = sqlite3.connect(url.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise SqlvisionError(
+                f"cannot open SQLite database {url.path!r}: {exc}",
+                "check that the folder exists and is writable",
+            ) from exc
+        self.con.execute("PRAGMA journal_mode=WAL")
+        self.con.execute("PRAGMA synchronous=NORMAL")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.con.execute(sql, [_adapt(p) for p in params])
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.con.executemany(sql, ([_adapt(v) for v in row] for row in rows))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        cur = self.con.execute(sql, [_adapt(p) for p in params])
+        try:
+            return _rows_to_arrow(cur.description, cur.fetchall())
+        finally:
+            cur.close()
+
+    def stream(
+        self, sql: str, params: Sequence[Any] = (), batch_rows: int = 1024
+    ) -> Iterator[pa.RecordBatch]:
+        cur = self.con.cursor()
+        try:
+            cur.execute(sql, [_adapt(p) for p in params])
+            while rows := cur.fetchmany(batch_rows):
+                yield from _rows_to_arrow(cur.description, rows).to_batches()
+        finally:
+            cur.close()
+
+    def _begin(self) -> None:
+        self.con.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.con.in_transaction:
+            self.con.execute("ROLLBACK")
+
+    def _master(self, name: str) -> tuple[str, str]:
+        parts = split_name(name)
+        if len(parts) > 2:
+            raise SqlvisionError(f"bad SQLite name {name!r}", "use NAME or SCHEMA.NAME")
+        schema = self.quote_column(parts[0]) + "." if len(parts) == 2 else ""
+        return f"{schema}sqlite_master", parts[-1]
+
+    def table_exists(self, name: str) -> bool:
+        master, table = self._master(name)
+        return bool(self.scalar(
+            f"SELECT count(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?", [table]
+        ))
+
+    def table_columns(self, name: str) -> list[str]:
+        cur = self.con.execute(f"SELECT * FROM {self.quote(name)} LIMIT 0")
+        try:
+            return [d[0] for d in cur.description]
+        finally:
+            cur.close()
+
+    def list_tables(self) -> list[str]:
+        rows = self.query(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+        return rows.column(0).to_pylist()
+
+    def register_function(self, name: str, func: Any, **options: Any) -> None:
+        self.con.create_function(name, options.get("nargs", -1), func,
+                                 deterministic=options.get("deterministic", False))
+
+    def close(self) -> None:
+        self.con.close()

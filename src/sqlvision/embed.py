@@ -1,0 +1,237 @@
+"""Embeddings: penultimate-layer vectors in ``sv_embeddings``, cosine similarity search, and
+classical models (logistic regression) fitted on them and registered as ordinary models."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sqlvision.catalog import utcnow
+from sqlvision.db.base import Backend, Column, arrow_schema
+from sqlvision.errors import SqlvisionError
+from sqlvision.models import registry
+from sqlvision.models.bundle import ModelBundle, weights_from_bytes
+from sqlvision.models.runtime import load_classifier
+from sqlvision.predict.batch import check_integer_ids
+from sqlvision.predict.stream import decode_one, decode_rows, table_rows
+from sqlvision.progress import progress_bar
+from sqlvision.storage import read_bytes
+from sqlvision.tables import ImageTable, image_bytes
+
+EMBEDDINGS = "sv_embeddings"
+EMBEDDING_COLUMNS = (
+    Column("source_table", "key", not_null=True),
+    Column("image_id", "bigint", not_null=True),
+    Column("model", "key", not_null=True),
+    Column("model_version", "int", not_null=True),
+    Column("dim", "int"),
+    Column("embedding", "vector"),
+    Column("embedded_at", "timestamp"),
+)
+
+
+@dataclass
+class EmbedReport:
+    """What an embedding run did."""
+
+    table: str
+    model: str
+    embedded: int = 0
+    already: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        text = f"{self.model} on {self.table}: {self.embedded} embedded, {self.already} already there"
+        return text + (f", {self.failed} could not be decoded" if self.failed else "")
+
+
+def as_vector(value: Any) -> np.ndarray:
+    """A stored embedding (a list, or float32 bytes on engines without arrays) as an array."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return np.frombuffer(value, np.float32)
+    return np.asarray(value, np.float32)
+
+
+def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
+                version: int | None = None, recompute: bool = False, engine: str = "onnxruntime",
+                batch_size: int = 32, workers: int | None = None,
+                progress: bool | None = None) -> EmbedReport:
+    """Store the vectors of every selected row not yet embedded by this model version."""
+    started = time.perf_counter()
+    name, ref_version = registry.parse_ref(model)
+    bundle = registry.load(backend, name, version or ref_version)
+    classifier = load_classifier(bundle, engine)
+    if not classifier.has_features:
+        raise SqlvisionError(f"model {bundle.ref} has no feature output",
+                             "embed with a model sqlvision trained")
+    check_integer_ids(backend, table)
+    if not backend.table_exists(EMBEDDINGS):
+        backend.create_table(EMBEDDINGS, EMBEDDING_COLUMNS,
+                             primary_key=("source_table", "image_id", "model", "model_version"))
+    q, qt = backend.quote_column, backend.quote(table.name)
+    key = [table.name, bundle.name, bundle.version]
+    condition = f"({where})" if where else "1 = 1"
+    if recompute:
+        with backend.transaction():
+            backend.execute(f"DELETE FROM {backend.quote(EMBEDDINGS)} WHERE source_table = ? AND "
+                            "model = ? AND model_version = ?", key)
+    pending = (f"{condition} AND NOT EXISTS (SELECT 1 FROM {backend.quote(EMBEDDINGS)} e WHERE "
+               "e.source_table = ? AND e.model = ? AND e.model_version = ? "
+               f"AND e.image_id = {qt}.{q(table.id)})")
+    report = EmbedReport(table.name, bundle.ref)
+    todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
+    report.already = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0) - todo
+    uri = q(table.uri) if table.uri else "NULL"
+    rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
+                               f"WHERE {pending}", key)
+    schema = arrow_schema(EMBEDDING_COLUMNS)
+    bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
+    try:
+        for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
+            report.failed += len(decoded.failed)
+            bar.update(len(decoded.keys) + len(decoded.failed))
+            if not decoded.keys:
+                continue
+            vectors = classifier.embed(decoded.pixels)
+            n = len(decoded.keys)
+            data = pa.table({
+                "source_table": [table.name] * n, "image_id": [int(k) for k in decoded.keys],
+                "model": [bundle.name] * n, "model_version": [bundle.version] * n,
+                "dim": [int(vectors.shape[1])] * n, "embedding": [v.tolist() for v in vectors],
+                "embedded_at": [utcnow()] * n}, schema=schema)
+            with backend.transaction():
+                backend.insert(EMBEDDINGS, data)
+            report.embedded += n
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def load_embeddings(backend: Backend, bundle: ModelBundle, table: str,
+                    ids: list[Any] | None = None) -> tuple[list[int], np.ndarray]:
+    """``(image ids, N x D matrix)`` of a table's stored vectors for one model version."""
+    keys: list[int] = []
+    vectors: list[np.ndarray] = []
+    sql = (f"SELECT image_id, embedding FROM {backend.quote(EMBEDDINGS)} WHERE source_table = ? "
+           "AND model = ? AND model_version = ? ORDER BY image_id")
+    wanted = set(ids) if ids is not None else None
+    for batch in backend.stream(sql, [table, bundle.name, bundle.version], batch_rows=4096):
+        for key, value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            if wanted is None or key in wanted:
+                keys.append(key)
+                vectors.append(as_vector(value))
+    return keys, (np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
+
+
+def similar(backend: Backend, model: str, table: ImageTable, image: str | bytes, k: int = 5,
+            progress: bool | None = None) -> pa.Table:
+    """The ``k`` rows of ``table`` most similar (cosine) to ``image`` (a path, URI or bytes).
+
+    Rows not embedded yet are embedded first (incrementally).
+    """
+    name, version = registry.parse_ref(model)
+    embed_table(backend, model, table, version=version, progress=progress)
+    bundle = registry.load(backend, name, version)
+    data = image if isinstance(image, bytes) else read_bytes(image)
+    _, pixels, reason = decode_one(bundle.spec, "query", data, None)
+    if pixels is None:
+        raise SqlvisionError(f"the query image cannot be used: {reason}", "give a valid image")
+    query = load_classifier(bundle).embed(pixels[None])[0]
+    keys, matrix = load_embeddings(backend, bundle, table.name)
+    if not keys:
+        raise SqlvisionError(f"no embeddings for {table.name}", "check the table has decodable images")
+    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    scores = matrix @ query / np.maximum(norms, 1e-12)
+    top = np.argsort(-scores)[:k]
+    ids = [keys[i] for i in top]
+    q = backend.quote_column
+    extra = ", ".join(q(c) for c in (table.label, table.uri) if c)
+    marks = ", ".join("?" for _ in ids)
+    rows = backend.query(f"SELECT {q(table.id)}{', ' + extra if extra else ''} FROM "
+                         f"{backend.quote(table.name)} WHERE {q(table.id)} IN ({marks})", ids)
+    by_id = {r[table.id]: r for r in rows.to_pylist()}
+    out = [{"id": i, "similarity": float(scores[j]),
+            **{c: by_id.get(i, {}).get(c) for c in (table.label, table.uri) if c}}
+           for i, j in zip(ids, top, strict=True)]
+    return pa.Table.from_pylist(out)
+
+
+def fit_logistic_head(backend: Backend, name: str, base: str, table: ImageTable, *,
+                      where: str | None = None, c: float = 1.0, seed: int = 0,
+                      progress: bool | None = None) -> ModelBundle:
+    """Fit a logistic regression on ``base``'s stored embeddings of ``table``'s training rows and
+    register base network + this head as model ``name``: ``predict`` and ``predict()`` use it
+    like any other model."""
+    from sqlvision.deps import require
+
+    require("sklearn", "train")
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from sqlvision.models import architectures
+    from sqlvision.models.export import bundle_from_torch
+    from sqlvision.train.data import select_rows
+
+    base_name, base_version = registry.parse_ref(base)
+    parent = registry.load(backend, base_name, base_version)
+    if parent.weights is None:
+        raise SqlvisionError(f"model {parent.ref} has no PyTorch weights",
+                             "use a model sqlvision trained as --from")
+    embed_table(backend, parent.ref, table, where=where, progress=progress)
+    selection = select_rows(backend, table, where)
+    label_of = {k: lab for k, lab, s in zip(selection.ids, selection.labels, selection.splits,
+                                           strict=True) if s not in ("test",)}
+    split_of = dict(zip(selection.ids, selection.splits, strict=True))
+    keys, matrix = load_embeddings(backend, parent, table.name, list(label_of))
+    if not keys:
+        raise SqlvisionError(f"no labeled, embedded rows in {table.name}", "check --where and labels")
+    train = [i for i, k in enumerate(keys) if split_of[k] not in ("validation", "val", "valid")]
+    val = [i for i, k in enumerate(keys) if split_of[k] in ("validation", "val", "valid")]
+    labels = np.asarray([label_of[k] for k in keys])
+    if len(set(labels[train])) < 2:
+        raise SqlvisionError("the training rows have fewer than two labels",
+                             "a classifier needs at least two")
+    # Standardize the features, then fold the scaling into the linear layer so the exported
+    # head computes exactly softmax(W (x - mean) / std + b).
+    mean = matrix[train].mean(axis=0)
+    std = np.maximum(matrix[train].std(axis=0), 1e-6)
+    scaled = (matrix - mean) / std
+    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf.fit(scaled[train], labels[train])
+    classes = [str(x) for x in clf.classes_]
+    coef = clf.coef_ / std
+    intercept = clf.intercept_ - coef @ mean
+    if len(classes) == 2:  # binary: one sigmoid row; as softmax logits that is [0, z]
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    model = architectures.create(parent.architecture, len(parent.classes), parent.spec.channels)
+    model.load_state_dict(weights_from_bytes(parent.weights))
+    model.reset_classifier(len(classes))
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(coef.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(intercept.astype(np.float32)))
+    metrics = {"train_accuracy": float(clf.score(scaled[train], labels[train])),
+               "train_rows": len(train), "val_rows": len(val), "head": "logistic", "C": c}
+    if val:
+        metrics["val_accuracy"] = float(clf.score(scaled[val], labels[val]))
+    q = backend.quote_column
+    uri = q(table.uri) if table.uri else "NULL"
+    sample_rows = backend.query(
+        f"SELECT {q(table.image)}, {uri} FROM {backend.quote(table.name)} "
+        f"WHERE {q(table.id)} IN ({', '.join('?' for _ in keys[:8])})", keys[:8])
+    example = np.stack([parent.spec(image_bytes(d, u)) for d, u in
+                        zip(*(c.to_pylist() for c in sample_rows.columns), strict=True)])
+    bundle = bundle_from_torch(model, name=name, architecture=parent.architecture,
+                               classes=classes, spec=parent.spec, example=example, metrics=metrics,
+                               config={"head": "logistic", "C": c, "from_model": parent.ref},
+                               lineage={"source_table": table.name, "where": where,
+                                        "parent": parent.ref, "row_count": len(keys)})
+    return registry.save(backend, bundle)

@@ -1,0 +1,6 @@
+"""Images: header probing, safe decoding and reading bytes from wherever they live."""
+
+from sqlvision.imaging.decode import decode
+from sqlvision.imaging.probe import DEFAULT_MAX_PIXELS, ImageInfo, check_pixels, probe
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageInfo", "check_pixels", "decode", "probe"]

@@ -1,0 +1,1 @@
+"""Models: architectures by name, the bundle format, the registry in the database, ONNX."""

@@ -1,0 +1,65 @@
+"""Registering models made elsewhere: sqlvision bundles, or plain ONNX classifiers."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlvision.db.base import Backend
+from sqlvision.errors import SqlvisionError
+from sqlvision.models import registry
+from sqlvision.models.bundle import ModelBundle, read_labels_file
+from sqlvision.preprocess import PreprocessSpec
+
+
+def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
+                 labels: str | None = None, image_size: tuple[int, int] = (224, 224),
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 grayscale: bool = False, resize: str = "crop") -> ModelBundle:
+    """Register the model at ``path`` as the next version of ``name``; returns the bundle."""
+    source = Path(path)
+    if not source.is_file():
+        raise SqlvisionError(f"model file not found: {source}", "check the path")
+    if zipfile.is_zipfile(source):
+        bundle = ModelBundle.read(source)
+        bundle.lineage = {**bundle.lineage, "imported_from": str(source),
+                          "original": f"{bundle.name}:{bundle.version}"}
+        bundle.name = name
+        return registry.save(backend, bundle)
+    if labels is None:
+        raise SqlvisionError(f"{source} is a plain ONNX file: its class names are unknown",
+                             "pass --labels FILE with one class name per line, in output order")
+    classes = read_labels_file(labels)
+    mode = "L" if grayscale else "RGB"
+    spec = PreprocessSpec.for_images(image_size[0], image_size[1], mode, resize=resize,
+                                     mean=mean, std=std)
+    bundle = ModelBundle(name=name, architecture="onnx", classes=classes, spec=spec,
+                         onnx=source.read_bytes(), lineage={"imported_from": str(source)})
+    _check_onnx(bundle)
+    return registry.save(backend, bundle)
+
+
+def _check_onnx(bundle: ModelBundle) -> None:
+    """The graph must load, take one N x C x H x W input matching the spec and output one
+    score per class."""
+    import numpy as np
+
+    from sqlvision.models.runtime import OnnxClassifier
+
+    try:
+        classifier = OnnxClassifier(bundle)
+    except Exception as exc:
+        raise SqlvisionError(f"cannot load the ONNX model: {str(exc).splitlines()[0]}",
+                             "check that the file is a valid ONNX model") from exc
+    x = np.zeros((1, *bundle.spec.input_shape), np.float32)
+    try:
+        out = classifier.logits(x)
+    except Exception as exc:
+        raise SqlvisionError(
+            f"the model does not accept input 1x{'x'.join(map(str, bundle.spec.input_shape))}: "
+            f"{str(exc).splitlines()[0]}", "set --image-size and --grayscale to what it expects") from exc
+    if out.ndim != 2 or out.shape[1] != len(bundle.classes):
+        raise SqlvisionError(f"the model outputs shape {list(out.shape)} but --labels lists "
+                             f"{len(bundle.classes)} classes", "give one label per output")

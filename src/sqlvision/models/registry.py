@@ -1,0 +1,119 @@
+"""The model registry: versioned bundles in the ``sv_models`` table of the user's database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from sqlvision.catalog import as_datetime, utcnow
+from sqlvision.db.base import Backend, Column, arrow_schema
+from sqlvision.errors import SqlvisionError
+from sqlvision.models.bundle import ModelBundle
+from sqlvision.preprocess import PreprocessSpec
+
+MODELS = "sv_models"
+MODEL_COLUMNS = (
+    Column("name", "key", not_null=True),
+    Column("version", "int", not_null=True),
+    Column("architecture", "text"),
+    Column("classes", "json"),
+    Column("preprocessing", "json"),
+    Column("metrics", "json"),
+    Column("config", "json"),
+    Column("lineage", "json"),
+    Column("onnx", "blob"),
+    Column("weights", "blob"),
+    Column("created_at", "timestamp"),
+)
+_SUMMARY = "name, version, architecture, classes, metrics, created_at"
+
+
+def ensure_models_table(backend: Backend) -> None:
+    """Create ``sv_models`` if needed."""
+    if not backend.table_exists(MODELS):
+        backend.create_table(MODELS, MODEL_COLUMNS, primary_key=("name", "version"))
+
+
+def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
+    """Store ``bundle`` as the next version of its name; returns it with version and timestamp."""
+    ensure_models_table(backend)
+    with backend.transaction():
+        latest = backend.scalar(f"SELECT max(version) FROM {backend.quote(MODELS)} WHERE name = ?",
+                                [bundle.name])
+        bundle.version = int(latest or 0) + 1
+        bundle.created_at = utcnow()
+        row = {
+            "name": [bundle.name], "version": [bundle.version],
+            "architecture": [bundle.architecture], "classes": [json.dumps(bundle.classes)],
+            "preprocessing": [bundle.spec.to_json()], "metrics": [json.dumps(bundle.metrics)],
+            "config": [json.dumps(bundle.config, default=str)],
+            "lineage": [json.dumps(bundle.lineage, default=str)],
+            "onnx": [bundle.onnx], "weights": [bundle.weights], "created_at": [bundle.created_at],
+        }
+        backend.insert(MODELS, pa.table(row, schema=arrow_schema(MODEL_COLUMNS)))
+    return bundle
+
+
+def _known(backend: Backend) -> str:
+    if not backend.table_exists(MODELS):
+        return "none yet"
+    rows = backend.query(f"SELECT name, max(version) AS v FROM {backend.quote(MODELS)} "
+                         "GROUP BY name ORDER BY name").to_pylist()
+    return ", ".join(f"{r['name']} (v1..v{r['v']})" for r in rows) or "none yet"
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value or {}
+
+
+def load(backend: Backend, name: str, version: int | None = None) -> ModelBundle:
+    """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists."""
+    if not backend.table_exists(MODELS):
+        raise SqlvisionError(f"model {name!r} not found: no models yet",
+                             "train one first: sqlvision train NAME --table TABLE")
+    where, params = "name = ?", [name]
+    if version is not None:
+        where, params = "name = ? AND version = ?", [name, int(version)]
+    rows = backend.query(f"SELECT * FROM {backend.quote(MODELS)} WHERE {where} "
+                         "ORDER BY version DESC LIMIT 1", params).to_pylist()
+    if not rows:
+        what = f"{name}:{version}" if version is not None else name
+        raise SqlvisionError(f"model {what!r} not found (models: {_known(backend)})",
+                             "check the name and version with: sqlvision models list")
+    r = rows[0]
+    return ModelBundle(
+        name=r["name"], architecture=r["architecture"], classes=list(_json(r["classes"])),
+        spec=PreprocessSpec.from_dict(_json(r["preprocessing"])), onnx=bytes(r["onnx"]),
+        weights=bytes(r["weights"]) if r["weights"] is not None else None,
+        metrics=_json(r["metrics"]), config=_json(r["config"]), lineage=_json(r["lineage"]),
+        version=int(r["version"]), created_at=as_datetime(r["created_at"]),
+    )
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name:version``."""
+    name, sep, version = ref.rpartition(":")
+    if sep and version.isdigit():
+        return name, int(version)
+    return ref, None
+
+
+def list_models(backend: Backend) -> pa.Table:
+    """One row per model version, without the bytes."""
+    if not backend.table_exists(MODELS):
+        return pa.table({"name": pa.array([], pa.string()), "version": pa.array([], pa.int32())})
+    return backend.query(f"SELECT {_SUMMARY} FROM {backend.quote(MODELS)} ORDER BY name, version")
+
+
+def delete(backend: Backend, name: str, version: int | None = None) -> int:
+    """Delete one version, or every version of ``name``; returns how many went."""
+    load(backend, name, version)  # fails with the list of models when there is nothing to delete
+    q = backend.quote(MODELS)
+    where, params = ("name = ? AND version = ?", [name, version]) if version is not None else (
+        "name = ?", [name])
+    n = backend.scalar(f"SELECT count(*) FROM {q} WHERE {where}", params)
+    with backend.transaction():
+        backend.execute(f"DELETE FROM {q} WHERE {where}", params)
+    return int(n)

@@ -1,0 +1,180 @@
+"""Batch prediction: a table's rows through a registered model into ``sv_predictions``.
+
+Incremental (rows already predicted by the same model version are skipped), atomic per batch
+(a killed run leaves whole batches; rerunning completes it with exactly one prediction per row
+and version), optional write-back into the source table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sqlvision.catalog import utcnow
+from sqlvision.db.base import Backend, Column, arrow_schema
+from sqlvision.errors import SqlvisionError
+from sqlvision.models import registry
+from sqlvision.models.bundle import ModelBundle
+from sqlvision.models.runtime import load_classifier
+from sqlvision.predict.stream import decode_rows, table_rows
+from sqlvision.progress import progress_bar
+from sqlvision.tables import ImageTable
+
+PREDICTIONS = "sv_predictions"
+PREDICTION_COLUMNS = (
+    Column("source_table", "key", not_null=True),
+    Column("image_id", "bigint", not_null=True),
+    Column("model", "key", not_null=True),
+    Column("model_version", "int", not_null=True),
+    Column("label", "text"),
+    Column("confidence", "double"),
+    Column("top_k", "json"),
+    Column("error", "text"),
+    Column("predicted_at", "timestamp"),
+)
+PREDICTION_KEY = ("source_table", "image_id", "model", "model_version")
+WRITE_BACK = (Column("predicted_label", "text"), Column("confidence", "double"),
+              Column("predicted_at", "timestamp"))
+
+
+@dataclass
+class PredictReport:
+    """What a prediction run did."""
+
+    table: str
+    model: str
+    predicted: int = 0
+    failed: list[tuple[Any, str]] = field(default_factory=list)
+    already: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        rate = self.predicted / self.seconds if self.seconds else 0.0
+        text = (f"{self.model} on {self.table}: {self.predicted} predicted "
+                f"({rate:,.0f} images/s), {self.already} already predicted")
+        if self.failed:
+            text += f"; {len(self.failed)} could not be decoded (label NULL, reason in error)"
+        return text
+
+
+def ensure_predictions_table(backend: Backend) -> None:
+    """Create ``sv_predictions`` (one row per source row and model version) if needed."""
+    if not backend.table_exists(PREDICTIONS):
+        backend.create_table(PREDICTIONS, PREDICTION_COLUMNS, primary_key=PREDICTION_KEY)
+
+
+def top_k_entries(classes: list[str], probs: np.ndarray, k: int,
+                  min_prob: float = 0.0) -> list[list[dict[str, Any]]]:
+    """Per row, the ``k`` most probable classes with probability >= ``min_prob``."""
+    k = max(1, min(k, probs.shape[1]))
+    order = np.argsort(-probs, axis=1)[:, :k]
+    return [[{"label": classes[j], "probability": float(row[j])} for j in idx if row[j] >= min_prob]
+            for row, idx in zip(probs, order, strict=True)]
+
+
+def check_integer_ids(backend: Backend, table: ImageTable) -> None:
+    """``sv_predictions.image_id`` is an integer: refuse other id types with the fix."""
+    sample = backend.query(f"SELECT {backend.quote_column(table.id)} FROM {backend.quote(table.name)} "
+                           "LIMIT 1")
+    if sample.num_rows and not pa.types.is_integer(sample.schema.field(0).type):
+        raise SqlvisionError(f"column {table.id!r} of {table.name} is not an integer",
+                             "name an integer id column with --id-col")
+
+
+def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
+                  version: int | None = None, top_k: int = 5, min_prob: float = 0.0,
+                  recompute: bool = False, into_columns: bool = False,
+                  engine: str = "onnxruntime", device: str | None = None, batch_size: int = 32,
+                  workers: int | None = None, progress: bool | None = None,
+                  bundle: ModelBundle | None = None) -> PredictReport:
+    """Predict every selected row not yet predicted by this model version; see the module doc."""
+    started = time.perf_counter()
+    name, ref_version = registry.parse_ref(model)
+    bundle = bundle or registry.load(backend, name, version or ref_version)
+    assert bundle.version is not None
+    classifier = load_classifier(bundle, engine, device)
+    check_integer_ids(backend, table)
+    ensure_predictions_table(backend)
+    q, qt = backend.quote_column, backend.quote(table.name)
+    key = (table.name, bundle.name, bundle.version)
+    condition = f"({where})" if where else "1 = 1"
+    if recompute:
+        with backend.transaction():
+            backend.execute(
+                f"DELETE FROM {backend.quote(PREDICTIONS)} WHERE source_table = ? AND model = ? "
+                f"AND model_version = ? AND image_id IN (SELECT {q(table.id)} FROM {qt} "
+                f"WHERE {condition})", key)
+    pending = (f"{condition} AND NOT EXISTS (SELECT 1 FROM {backend.quote(PREDICTIONS)} p "
+               f"WHERE p.source_table = ? AND p.model = ? AND p.model_version = ? "
+               f"AND p.image_id = {qt}.{q(table.id)})")
+    report = PredictReport(table.name, bundle.ref)
+    total = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0)
+    todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
+    report.already = total - todo
+    uri = q(table.uri) if table.uri else "NULL"
+    rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
+                               f"WHERE {pending}", key)
+    bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
+    try:
+        for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
+            probs = classifier.predict_proba(decoded.pixels) if decoded.keys else np.zeros((0, 1))
+            write_predictions(backend, table.name, bundle, decoded.keys, probs, decoded.failed,
+                              top_k, min_prob)
+            report.predicted += len(decoded.keys)
+            report.failed.extend(decoded.failed)
+            bar.update(len(decoded.keys) + len(decoded.failed))
+    finally:
+        bar.close()
+    if into_columns:
+        write_back(backend, table, bundle, where)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def write_predictions(backend: Backend, source: str, bundle: ModelBundle, keys: list[Any],
+                      probs: np.ndarray, failed: list[tuple[Any, str]], top_k: int,
+                      min_prob: float) -> None:
+    """Insert one batch of predictions (and failures, label NULL) in one transaction."""
+    now = utcnow()
+    classes = bundle.classes
+    best = probs.argmax(axis=1) if len(keys) else np.zeros(0, int)
+    tops = top_k_entries(classes, probs, top_k, min_prob) if len(keys) else []
+    n, m = len(keys), len(failed)
+    data = {
+        "source_table": [source] * (n + m),
+        "image_id": [int(k) for k in keys] + [int(k) for k, _ in failed],
+        "model": [bundle.name] * (n + m),
+        "model_version": [bundle.version] * (n + m),
+        "label": [classes[i] for i in best] + [None] * m,
+        "confidence": [float(probs[r, i]) for r, i in enumerate(best)] + [None] * m,
+        "top_k": [json.dumps(t) for t in tops] + [None] * m,
+        "error": [None] * n + [reason for _, reason in failed],
+        "predicted_at": [now] * (n + m),
+    }
+    with backend.transaction():
+        backend.insert(PREDICTIONS, pa.table(data, schema=arrow_schema(PREDICTION_COLUMNS)))
+
+
+def write_back(backend: Backend, table: ImageTable, bundle: ModelBundle, where: str | None) -> None:
+    """Copy this version's predictions into ``predicted_label``, ``confidence`` and
+    ``predicted_at`` columns of the source table (added if missing), in one UPDATE join."""
+    have = {c.lower() for c in backend.table_columns(table.name)}
+    for column in WRITE_BACK:
+        if column.name not in have:
+            backend.add_column(table.name, column)
+    q, qt = backend.quote_column, backend.quote(table.name)
+    # The filter runs in a subquery of its own, so its column names cannot clash with the
+    # predictions table's (label, confidence).
+    condition = f" AND {qt}.{q(table.id)} IN (SELECT {q(table.id)} FROM {qt} WHERE {where})" if where else ""
+    with backend.transaction():
+        backend.update_join(
+            table.name, table.id, PREDICTIONS, "image_id",
+            {"predicted_label": "label", "confidence": "confidence", "predicted_at": "predicted_at"},
+            "s.source_table = ? AND s.model = ? AND s.model_version = ?" + condition,
+            [table.name, bundle.name, bundle.version])

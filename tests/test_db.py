@@ -1,0 +1,121 @@
+"""URLs, identifier quoting and the backend interface on real database files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+import sqlvision as sv
+from sqlvision.db import open_backend, parse_url
+from sqlvision.db.base import Column
+from sqlvision.db.identifiers import quote_name
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "path"),
+    [
+        ("duckdb:///rel.duckdb", "duckdb", "rel.duckdb"),
+        ("duckdb:////abs/x.duckdb", "duckdb", "/abs/x.duckdb"),
+        ("duckdb://", "duckdb", ":memory:"),
+        ("duckdb:///:memory:", "duckdb", ":memory:"),
+        ("sqlite:///a.sqlite", "sqlite", "a.sqlite"),
+        ("photos.sqlite", "sqlite", "photos.sqlite"),
+        ("photos.duckdb", "duckdb", "photos.duckdb"),
+    ],
+)
+def test_embedded_urls(url: str, scheme: str, path: str) -> None:
+    parsed = parse_url(url)
+    assert (parsed.scheme, parsed.path) == (scheme, path)
+
+
+def test_default_url_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SQLVISION_DB", raising=False)
+    assert parse_url(None).raw == "duckdb:///sqlvision.duckdb"
+    monkeypatch.setenv("SQLVISION_DB", "sqlite:///other.sqlite")
+    assert parse_url(None).scheme == "sqlite"
+
+
+def test_server_url_redacts_password() -> None:
+    parsed = parse_url("postgresql://alice:s3cr%40t@db.example:5433/images")
+    assert (parsed.scheme, parsed.host, parsed.port, parsed.user, parsed.database) == (
+        "postgresql", "db.example", 5433, "alice", "images")
+    assert parsed.password == "s3cr@t"
+    assert "s3cr" not in parsed.redacted and ":***@" in parsed.redacted
+    assert parse_url("mariadb://root@localhost/test").scheme == "mysql"
+
+
+def test_unknown_scheme_names_the_known_ones() -> None:
+    with pytest.raises(sv.SqlvisionError, match="duckdb://"):
+        parse_url("oracle://x/y")
+
+
+@pytest.mark.parametrize(
+    ("name", "quoted"),
+    [
+        ("photos", '"photos"'),
+        ("main.photos", '"main"."photos"'),
+        ('we"ird', '"we""ird"'),
+        ("x; DROP TABLE y; --", '"x; DROP TABLE y; --"'),
+    ],
+)
+def test_quote_name(name: str, quoted: str) -> None:
+    assert quote_name(name) == quoted
+
+
+@pytest.mark.parametrize("name", ["", "a\x00b", "tab\tname", "x" * 64, "a..b", "a.b.c.d"])
+def test_refused_names(name: str) -> None:
+    with pytest.raises(sv.SqlvisionError):
+        quote_name(name)
+
+
+def test_backend_roundtrip(db_url: str) -> None:
+    backend = open_backend(db_url)
+    cols = [Column("id", "bigint", primary_key=True), Column("name", "text"),
+            Column("blob", "blob"), Column("flag", "bool")]
+    backend.create_table("t", cols)
+    assert backend.table_exists("t") and not backend.table_exists("nope")
+    assert backend.table_columns("t") == ["id", "name", "blob", "flag"]
+    data = pa.table({"id": [1, 2, 3], "name": ["a", None, "c"], "blob": [b"x", b"", None],
+                     "flag": [True, False, None]})
+    backend.insert("t", data)
+    backend.update("t", "id", pa.table({"id": [2], "name": ["b"]}))
+    rows = backend.query("SELECT id, name, blob FROM t ORDER BY id").to_pylist()
+    assert rows == [{"id": 1, "name": "a", "blob": b"x"}, {"id": 2, "name": "b", "blob": b""},
+                    {"id": 3, "name": "c", "blob": None}]
+    streamed = [b.num_rows for b in backend.stream("SELECT * FROM t", batch_rows=2)]
+    assert sum(streamed) == 3 and max(streamed) <= 2
+    backend.close()
+
+
+def test_transaction_rolls_back_on_error(db_url: str) -> None:
+    backend = open_backend(db_url)
+    backend.create_table("t", [Column("id", "bigint", primary_key=True)])
+    def fail_half_way() -> None:
+        with backend.transaction():
+            backend.insert("t", pa.table({"id": [1, 2]}))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail_half_way()
+    assert backend.scalar("SELECT count(*) FROM t") == 0
+    backend.close()
+
+
+def test_sql_result_conversions(db: sv.Database) -> None:
+    db.backend.execute("CREATE TABLE nums (n INTEGER, s TEXT)")
+    db.backend.executemany("INSERT INTO nums VALUES (?, ?)", [(1, "a"), (2, "b")])
+    result = db.sql("SELECT n, s FROM nums ORDER BY n")
+    assert result.columns == ["n", "s"]
+    assert result.fetchall() == [(1, "a"), (2, "b")]
+    assert result.arrow().num_rows == 2
+    assert list(result.df()["s"]) == ["a", "b"]
+    assert db.sql("SELECT count(*) FROM nums WHERE n > ?", [1]).scalar() == 1
+    assert "nums" in db.tables()
+
+
+def test_server_scheme_without_backend_says_so(tmp_path: Path) -> None:
+    with pytest.raises(sv.SqlvisionError) as info:
+        sv.connect("postgresql://user:hunter2@127.0.0.1:1/x")
+    assert "hunter2" not in str(info.value)

@@ -1,0 +1,227 @@
+"""Prediction where users want it: batch into sv_predictions, SQL functions in DuckDB and
+SQLite, evaluation checked against sv_predictions, embeddings, similarity, logistic heads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sqlvision as sv
+from tests.conftest import EMBEDDED_BACKENDS, SAMPLE, backend_url
+
+FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
+
+
+@pytest.fixture(scope="module", params=EMBEDDED_BACKENDS)
+def trained(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[sv.Database]:
+    """A database with the Fashion-MNIST sample and model ``fm`` (trained once per backend)."""
+    folder = tmp_path_factory.mktemp(request.param)
+    db = sv.connect(backend_url(request.param, folder))
+    db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+    db.train("fm", "fashion", epochs=2, checkpoint_dir=folder / "ck", progress=False,
+             log=lambda _: None, **FAST)
+    yield db
+    db.close()
+
+
+def reset(db: sv.Database) -> None:
+    for table in ("sv_predictions", "sv_embeddings", "sv_evaluations"):
+        db.backend.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_batch_predict_is_incremental_and_exact(trained: sv.Database) -> None:
+    db = trained
+    reset(db)
+    first = db.predict("fm", "fashion", where="split = 'test'", progress=False)
+    assert (first.predicted, first.already) == (1000, 0)
+    again = db.predict("fm", "fashion", where="split = 'test'", progress=False)
+    assert (again.predicted, again.already) == (0, 1000)
+    rows = db.sql("SELECT count(*), count(DISTINCT image_id), min(model_version), "
+                  "max(confidence) <= 1 FROM sv_predictions").fetchall()[0]
+    assert rows[:3] == (1000, 1000, 1) and rows[3] in (True, 1)
+    top = json.loads(db.sql("SELECT top_k FROM sv_predictions LIMIT 1").scalar())
+    assert len(top) == 5 and top[0]["probability"] >= top[1]["probability"]
+    label, confidence = db.sql("SELECT label, confidence FROM sv_predictions LIMIT 1").fetchall()[0]
+    assert top[0]["label"] == label and abs(top[0]["probability"] - confidence) < 1e-9
+    redo = db.predict("fm", "fashion", where="split = 'test' AND id % 2 = 0", recompute=True,
+                      top_k=2, min_prob=0.0, progress=False)
+    assert redo.predicted == 500
+    assert db.sql("SELECT count(*) FROM sv_predictions").scalar() == 1000
+
+
+def test_predictions_match_the_model(trained: sv.Database) -> None:
+    from sqlvision.models.runtime import OnnxClassifier
+
+    db = trained
+    reset(db)
+    db.predict("fm", "fashion", where="id <= 40", progress=False)
+    rows = db.sql("SELECT f.data, p.label FROM fashion f JOIN sv_predictions p ON p.image_id = f.id "
+                  "ORDER BY f.id").fetchall()
+    classifier = OnnxClassifier(db.model("fm"))
+    assert classifier.labels(classifier.predict_bytes([r[0] for r in rows])) == [r[1] for r in rows]
+
+
+def test_into_columns_writes_back(trained: sv.Database) -> None:
+    db = trained
+    reset(db)
+    db.predict("fm", "fashion", where="split = 'test' AND label = 'Bag'", into_columns=True,
+               progress=False)
+    filled = db.sql("SELECT count(*) FROM fashion WHERE predicted_label IS NOT NULL").scalar()
+    assert filled == 100
+    same = db.sql("SELECT count(*) FROM fashion f JOIN sv_predictions p ON p.image_id = f.id "
+                  "WHERE f.predicted_label = p.label AND f.confidence = p.confidence").scalar()
+    assert same == 100
+
+
+def test_undecodable_rows_get_a_null_label_and_the_reason(tmp_path: Path) -> None:
+    with sv.connect(tmp_path / "bad.duckdb") as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+        db.backend.execute("UPDATE fashion SET data = ? WHERE id IN (3, 4)", [b"garbage"])
+        report = db.predict("fm", "fashion", where="id <= 10", progress=False)
+        assert report.predicted == 8 and [k for k, _ in report.failed] == [3, 4]
+        row = db.sql("SELECT label, error FROM sv_predictions WHERE image_id = 3").fetchall()[0]
+        assert row[0] is None and "not an image" in row[1]
+
+
+def test_sql_functions(trained: sv.Database) -> None:
+    db = trained
+    labels = db.sql("SELECT predict('fm', data).label FROM fashion WHERE id <= 5 ORDER BY id")
+    assert len(labels) == 5 and all(isinstance(r[0], str) for r in labels)
+    expanded = db.sql("SELECT unnest(predict_topk('fm', data, 3)) FROM fashion WHERE id <= 5")
+    assert len(expanded) == 15
+    filtered = db.sql("SELECT unnest(predict_topk('fm', data, 3, 0.999)) FROM fashion WHERE id <= 5")
+    assert len(filtered) <= 5
+    vectors = db.sql("SELECT embed('fm', data) FROM fashion WHERE id <= 2").fetchall()
+    first = vectors[0][0] if db.backend.dialect == "duckdb" else json.loads(vectors[0][0])
+    assert len(first) == 64  # sv_cnn_small's feature width
+    # agrees with batch prediction
+    reset(db)
+    db.predict("fm", "fashion", where="id <= 5", progress=False)
+    batch = [r[0] for r in db.sql("SELECT label FROM sv_predictions ORDER BY image_id")]
+    assert [r[0] for r in labels] == batch
+
+
+def test_sql_predict_joins_with_structured_tables(trained: sv.Database) -> None:
+    db = trained
+    db.backend.execute("DROP TABLE IF EXISTS prices")
+    db.backend.execute("CREATE TABLE prices (label TEXT, price DOUBLE)")
+    db.backend.executemany("INSERT INTO prices VALUES (?, ?)",
+                           [(c, float(i)) for i, c in enumerate(db.model("fm").classes)])
+    rows = db.sql("SELECT f.id, p.price FROM fashion f JOIN prices p "
+                  "ON p.label = predict('fm', f.data).label WHERE f.id <= 4 ORDER BY f.id").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+
+
+def test_sql_predict_reads_reference_rows_from_their_uri(tmp_path: Path) -> None:
+    with sv.connect(tmp_path / "ref.duckdb") as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+        db.ingest("refs", SAMPLE / "clothing" / "validation", reference=True, progress=False)
+        rows = db.sql("SELECT predict('fm', uri).label FROM refs LIMIT 3").fetchall()
+        assert len(rows) == 3 and all(r[0] in db.model("fm").classes for r in rows)
+
+
+def test_unknown_model_lists_what_exists(trained: sv.Database) -> None:
+    with pytest.raises(sv.SqlvisionError, match=r"model 'nope' not found \(models: fm"):
+        trained.predict("nope", "fashion")
+    with pytest.raises(sv.SqlvisionError, match="fm:9"):
+        trained.sql("SELECT predict('fm:9', data) FROM fashion")
+
+
+def test_evaluate_matches_sv_predictions(trained: sv.Database, tmp_path: Path) -> None:
+    db = trained
+    reset(db)
+    ev = db.evaluate("fm", "fashion", where="split = 'test'", report=tmp_path / "report",
+                     progress=False)
+    assert ev.rows == 1000
+    # independent computation from sv_predictions joined with the labels
+    pairs = db.sql("SELECT f.label, p.label, p.top_k FROM fashion f JOIN sv_predictions p "
+                   "ON p.image_id = f.id WHERE f.split = 'test'").fetchall()
+    assert ev.accuracy == pytest.approx(np.mean([t == p for t, p, _ in pairs]))
+    top5 = np.mean([t in [e["label"] for e in json.loads(k)] for t, _, k in pairs])
+    assert ev.top_k_accuracy == pytest.approx(top5)
+    from sklearn.metrics import f1_score
+
+    assert ev.macro_f1 == pytest.approx(f1_score([t for t, _, _ in pairs], [p for _, p, _ in pairs],
+                                                 average="macro", labels=ev.classes, zero_division=0))
+    assert sum(map(sum, ev.confusion)) == 1000
+    stored = db.sql("SELECT accuracy, rows FROM sv_evaluations").fetchall()[-1]
+    assert stored == (pytest.approx(ev.accuracy), 1000)
+    for name in ("report.html", "confusion.png", "mistakes.png", "metrics.json"):
+        assert (tmp_path / "report" / name).exists()
+    assert "accuracy" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_evaluate_with_labels_the_model_does_not_know(trained: sv.Database, tmp_path: Path) -> None:
+    db = trained
+    db.backend.execute("DROP TABLE IF EXISTS other")
+    db.ingest("other", SAMPLE / "clothing" / "validation", progress=False)
+    with pytest.raises(sv.SqlvisionError, match="none of the labels of other"):
+        db.evaluate("fm", "other", progress=False)
+
+
+def test_embeddings_and_similarity(trained: sv.Database) -> None:
+    db = trained
+    reset(db)
+    report = db.embed("fm", "fashion", where="id <= 300", progress=False)
+    assert report.embedded == 300
+    assert db.embed("fm", "fashion", where="id <= 300", progress=False).embedded == 0
+    query = db.sql("SELECT data FROM fashion WHERE id = 7").scalar()
+    hits = db.similar("fm", "fashion", query, 5).to_pylist()
+    assert hits[0]["id"] == 7 and hits[0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert len(hits) == 5 and hits[1]["similarity"] <= hits[0]["similarity"]
+
+
+def test_logistic_head_on_embeddings(trained: sv.Database) -> None:
+    db = trained
+    bundle = db.train("fm-lr", "fashion", head="logistic", from_model="fm", where="id % 3 = 0",
+                      progress=False)
+    assert bundle.config["head"] == "logistic" and bundle.lineage["parent"] == "fm:1"
+    assert bundle.metrics["train_accuracy"] > 0.3
+    reset(db)
+    db.predict("fm-lr", "fashion", where="id <= 20", progress=False)
+    assert db.sql("SELECT count(*) FROM sv_predictions WHERE model = 'fm-lr'").scalar() == 20
+    assert len(db.sql("SELECT predict('fm-lr', data).label FROM fashion WHERE id <= 3")) == 3
+
+
+_PREDICT_SCRIPT = """
+import sys, sqlvision as sv
+db = sv.connect(sys.argv[1])
+print("start", flush=True)
+db.predict("fm", "fashion", batch_size=8, workers=1, progress=False)
+"""
+
+
+def test_killed_predict_completes_on_rerun(tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'kill.duckdb'}"
+    with sv.connect(url) as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+    proc = subprocess.Popen([sys.executable, "-c", _PREDICT_SCRIPT, url], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "start"
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    with sv.connect(url) as db:
+        exists = "sv_predictions" in db.tables()
+        before = db.sql("SELECT count(*) FROM sv_predictions").scalar() if exists else 0
+        assert before < 4000
+        report = db.predict("fm", "fashion", progress=False)
+        assert report.predicted == 4000 - before
+        counts = db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall()
+        assert counts == [(4000, 4000)]
