@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,23 +14,74 @@ import pytest
 from PIL import Image
 
 import sqlvision as sv
+from sqlvision.db import parse_url
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "src" / "sqlvision" / "sample"
 SHARED_DATA = Path(os.environ.get("SQLVISION_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 EMBEDDED_BACKENDS = ("duckdb", "sqlite")
+SERVER_BACKENDS = ("postgresql", "mariadb")
+BACKENDS = EMBEDDED_BACKENDS + SERVER_BACKENDS
+# The servers every machine of the project's kind runs (see scripts/setup-services.sh).
+SERVER_URLS = {
+    "postgresql": os.environ.get("SQLVISION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("SQLVISION_TEST_MARIADB", "mysql://root@127.0.0.1:3306/test"),
+}
 
 
-def backend_url(kind: str, folder: Path) -> str:
-    """A URL for a fresh database of ``kind`` inside ``folder``."""
-    return {"duckdb": f"duckdb:///{folder / 'test.duckdb'}",
-            "sqlite": f"sqlite:///{folder / 'test.sqlite'}"}[kind]
+def _unreachable(kind: str, exc: Exception) -> None:
+    pytest.skip(f"{kind} server not reachable at {SERVER_URLS[kind]} ({exc}); start it with "
+                "scripts/setup-services.sh or set SQLVISION_TEST_{kind.upper()}")
 
 
-@pytest.fixture(params=EMBEDDED_BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return backend_url(request.param, tmp_path)
+@contextlib.contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database of ``kind``: a file in ``folder``, or a schema (PostgreSQL)
+    or database (MariaDB) of its own on the local server, dropped afterwards."""
+    if kind == "duckdb":
+        yield f"duckdb:///{folder / 'test.duckdb'}"
+        return
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'test.sqlite'}"
+        return
+    name = f"sv_test_{uuid.uuid4().hex[:12]}"
+    base = SERVER_URLS[kind]
+    if kind == "postgresql":
+        import psycopg
+
+        try:
+            admin = psycopg.connect(base, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            _unreachable(kind, exc)
+        with admin:
+            admin.execute(f'CREATE SCHEMA "{name}"')
+            try:
+                yield f"{base}?schema={name}"
+            finally:
+                admin.execute("SET lock_timeout = '20s'")
+                admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+        return
+    import pymysql
+
+    parsed = parse_url(base)
+    try:
+        admin = pymysql.connect(host=parsed.host, port=parsed.port or 3306, user=parsed.user,
+                                password=parsed.password or "", autocommit=True, connect_timeout=5)
+    except pymysql.err.OperationalError as exc:
+        _unreachable(kind, exc)
+    with admin, admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        try:
+            yield base.rsplit("/", 1)[0] + "/" + name
+        finally:
+            cur.execute(f"DROP DATABASE `{name}`")
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pytest
 
@@ -11,6 +9,7 @@ import sqlvision as sv
 from sqlvision.db import open_backend, parse_url
 from sqlvision.db.base import Column
 from sqlvision.db.identifiers import quote_name
+from tests.conftest import SERVER_URLS
 
 
 @pytest.mark.parametrize(
@@ -73,17 +72,17 @@ def test_refused_names(name: str) -> None:
 def test_backend_roundtrip(db_url: str) -> None:
     backend = open_backend(db_url)
     cols = [Column("id", "bigint", primary_key=True), Column("name", "text"),
-            Column("blob", "blob"), Column("flag", "bool")]
+            Column("payload", "blob"), Column("flag", "bool")]
     backend.create_table("t", cols)
     assert backend.table_exists("t") and not backend.table_exists("nope")
-    assert backend.table_columns("t") == ["id", "name", "blob", "flag"]
-    data = pa.table({"id": [1, 2, 3], "name": ["a", None, "c"], "blob": [b"x", b"", None],
+    assert backend.table_columns("t") == ["id", "name", "payload", "flag"]
+    data = pa.table({"id": [1, 2, 3], "name": ["a", None, "c"], "payload": [b"x", b"", None],
                      "flag": [True, False, None]})
     backend.insert("t", data)
     backend.update("t", "id", pa.table({"id": [2], "name": ["b"]}))
-    rows = backend.query("SELECT id, name, blob FROM t ORDER BY id").to_pylist()
-    assert rows == [{"id": 1, "name": "a", "blob": b"x"}, {"id": 2, "name": "b", "blob": b""},
-                    {"id": 3, "name": "c", "blob": None}]
+    rows = backend.query("SELECT id, name, payload FROM t ORDER BY id").to_pylist()
+    assert rows == [{"id": 1, "name": "a", "payload": b"x"}, {"id": 2, "name": "b", "payload": b""},
+                    {"id": 3, "name": "c", "payload": None}]
     streamed = [b.num_rows for b in backend.stream("SELECT * FROM t", batch_rows=2)]
     assert sum(streamed) == 3 and max(streamed) <= 2
     backend.close()
@@ -115,7 +114,21 @@ def test_sql_result_conversions(db: sv.Database) -> None:
     assert "nums" in db.tables()
 
 
-def test_server_scheme_without_backend_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", ["postgresql://user:hunter2@127.0.0.1:1/x",
+                                 "mysql://user:hunter2@127.0.0.1:1/x"])
+def test_unreachable_server_is_one_clear_line_without_the_password(url: str) -> None:
     with pytest.raises(sv.SqlvisionError) as info:
-        sv.connect("postgresql://user:hunter2@127.0.0.1:1/x")
-    assert "hunter2" not in str(info.value)
+        sv.connect(url)
+    message = str(info.value)
+    assert "hunter2" not in message and "user:***@127.0.0.1:1/x" in message
+    assert message.startswith("cannot connect to") and "server is running" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_wrong_password_is_named_without_printing_it(kind: str) -> None:
+    url = SERVER_URLS[kind].replace("://", "://sv_nobody:s3cret-pw@", 1).replace("postgres@", "")
+    url = url.replace("root@", "")
+    with pytest.raises(sv.SqlvisionError) as info:
+        sv.connect(url)
+    assert "s3cret-pw" not in str(info.value) and "sv_nobody:***@" in str(info.value)

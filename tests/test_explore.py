@@ -52,7 +52,7 @@ def test_contact_sheet(db: sv.Database, make_images: Callable[..., Path], tmp_pa
 
 def test_users_own_table_with_named_columns(db: sv.Database, tmp_path: Path) -> None:
     db.backend.execute("CREATE TABLE tf_images (img_idx INTEGER, img_label INTEGER, "
-                       "img_blob BLOB, img_use INTEGER)")
+                       f"img_blob {db.backend.type_names['blob']}, img_use INTEGER)")
     db.backend.executemany("INSERT INTO tf_images VALUES (?, ?, ?, ?)",
                            [(i, i % 2, image_bytes("PNG", (28, 28), "L", seed=i), 1 + i % 2)
                             for i in range(6)])

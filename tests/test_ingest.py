@@ -20,11 +20,11 @@ from tests.conftest import SAMPLE, image_bytes
 
 
 def count(db: sv.Database, table: str, where: str = "TRUE") -> int:
-    return db.sql(f'SELECT count(*) FROM "{table}" WHERE {where}').scalar()
+    return db.sql(f"SELECT count(*) FROM {db.backend.quote(table)} WHERE {where}").scalar()
 
 
 def labels_by_uri(db: sv.Database, table: str = "photos") -> dict[str, tuple[str, str]]:
-    rows = db.sql(f'SELECT uri, label, split FROM "{table}"').fetchall()
+    rows = db.sql(f"SELECT uri, label, split FROM {db.backend.quote(table)}").fetchall()
     return {os.path.basename(u): (lab, s) for u, lab, s in rows}
 
 
@@ -265,7 +265,7 @@ def test_hostile_table_and_label_names_are_data_not_sql(db: sv.Database,
     report = db.ingest(table, root)
     assert report.added == 2
     assert "victims" in db.tables() and table in db.tables()
-    labels = sorted(r[0] for r in db.sql('SELECT label FROM "photos""; DROP TABLE victims; --"'))
+    labels = sorted(r[0] for r in db.sql(f"SELECT label FROM {db.backend.quote(table)}"))
     assert labels == ['quote"d', hostile_label]
     with pytest.raises(sv.SqlvisionError, match="control characters"):
         db.ingest("bad\nname", root)

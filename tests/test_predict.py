@@ -15,25 +15,37 @@ import numpy as np
 import pytest
 
 import sqlvision as sv
-from tests.conftest import EMBEDDED_BACKENDS, SAMPLE, backend_url
+from tests.conftest import BACKENDS, SAMPLE, fresh_database
 
 FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
 
 
-@pytest.fixture(scope="module", params=EMBEDDED_BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
 def trained(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[sv.Database]:
     """A database with the Fashion-MNIST sample and model ``fm`` (trained once per backend)."""
     folder = tmp_path_factory.mktemp(request.param)
-    db = sv.connect(backend_url(request.param, folder))
-    db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
-    db.train("fm", "fashion", epochs=2, checkpoint_dir=folder / "ck", progress=False,
-             log=lambda _: None, **FAST)
-    yield db
-    db.close()
+    with fresh_database(request.param, folder) as url, sv.connect(url) as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", epochs=2, checkpoint_dir=folder / "ck", progress=False,
+                 log=lambda _: None, **FAST)
+        yield db
+
+
+def sql_functions_run_here(request: pytest.FixtureRequest, db: sv.Database) -> bool:
+    """Python functions run inside DuckDB and SQLite only: on a server, the known gap is a
+    strict xfail that names the error (their predictions reach SQL through the view)."""
+    if db.backend.dialect in ("duckdb", "sqlite"):
+        return True
+    request.applymarker(pytest.mark.xfail(
+        strict=True, raises=sv.SqlvisionError,
+        reason=f"{db.backend.dialect} cannot run predict() inside SQL; use TABLE_predicted"))
+    return False
 
 
 def reset(db: sv.Database) -> None:
+    for view in (t for t in db.tables() if t.endswith("_predicted")):
+        db.backend.execute(f"DROP VIEW IF EXISTS {view}")  # PostgreSQL: views depend on tables
     for table in ("sv_predictions", "sv_embeddings", "sv_evaluations"):
         db.backend.execute(f"DROP TABLE IF EXISTS {table}")
 
@@ -94,9 +106,12 @@ def test_undecodable_rows_get_a_null_label_and_the_reason(tmp_path: Path) -> Non
         assert row[0] is None and "not an image" in row[1]
 
 
-def test_sql_functions(trained: sv.Database) -> None:
+def test_sql_functions(trained: sv.Database, request: pytest.FixtureRequest) -> None:
     db = trained
+    sql_functions_run_here(request, db)
     labels = db.sql("SELECT predict('fm', data).label FROM fashion WHERE id <= 5 ORDER BY id")
+    with pytest.raises(sv.SqlvisionError, match="fm:9"):
+        db.sql("SELECT predict('fm:9', data) FROM fashion")
     assert len(labels) == 5 and all(isinstance(r[0], str) for r in labels)
     expanded = db.sql("SELECT unnest(predict_topk('fm', data, 3)) FROM fashion WHERE id <= 5")
     assert len(expanded) == 15
@@ -112,12 +127,20 @@ def test_sql_functions(trained: sv.Database) -> None:
     assert [r[0] for r in labels] == batch
 
 
-def test_sql_predict_joins_with_structured_tables(trained: sv.Database) -> None:
-    db = trained
+def make_prices(db: sv.Database) -> None:
+    """A structured table to join predictions with: a price per class."""
     db.backend.execute("DROP TABLE IF EXISTS prices")
-    db.backend.execute("CREATE TABLE prices (label TEXT, price DOUBLE)")
+    types = db.backend.type_names
+    db.backend.execute(f"CREATE TABLE prices (label {types['key']}, price {types['double']})")
     db.backend.executemany("INSERT INTO prices VALUES (?, ?)",
                            [(c, float(i)) for i, c in enumerate(db.model("fm").classes)])
+
+
+def test_sql_predict_joins_with_structured_tables(trained: sv.Database,
+                                                  request: pytest.FixtureRequest) -> None:
+    db = trained
+    make_prices(db)
+    sql_functions_run_here(request, db)
     rows = db.sql("SELECT f.id, p.price FROM fashion f JOIN prices p "
                   "ON p.label = predict('fm', f.data).label WHERE f.id <= 4 ORDER BY f.id").fetchall()
     assert [r[0] for r in rows] == [1, 2, 3, 4]
@@ -133,11 +156,36 @@ def test_sql_predict_reads_reference_rows_from_their_uri(tmp_path: Path) -> None
         assert len(rows) == 3 and all(r[0] in db.model("fm").classes for r in rows)
 
 
+def test_predicted_view_has_the_latest_version_per_row(trained: sv.Database) -> None:
+    db = trained
+    reset(db)
+    make_prices(db)
+    db.predict("fm", "fashion", where="id <= 30", progress=False)
+    report = db.predict("fm", "fashion", where="id <= 30", progress=False)
+    assert report.view == "fashion_predicted" and "fashion_predicted" in report.summary()
+    counts = db.sql("SELECT count(*), count(predicted_label), count(DISTINCT id), "
+                    "max(model_version) FROM fashion_predicted").fetchall()[0]
+    assert counts == (4000, 30, 4000, 1)
+    # a second model version, on some of the rows: those rows show it, the others keep v1
+    db.backend.execute("INSERT INTO sv_predictions (source_table, image_id, model, model_version, "
+                       "label, confidence) SELECT source_table, image_id, model, 2, 'Bag', 0.5 "
+                       "FROM sv_predictions WHERE image_id <= 10")
+    versions = db.sql("SELECT model_version, count(*) FROM fashion_predicted WHERE id <= 30 "
+                      "GROUP BY model_version ORDER BY model_version").fetchall()
+    assert versions == [(1, 20), (2, 10)]
+    joined = db.sql("SELECT v.id, p.price FROM fashion_predicted v JOIN prices p "
+                    "ON p.label = v.predicted_label WHERE v.id <= 10 ORDER BY v.id").fetchall()
+    assert [r[0] for r in joined] == list(range(1, 11))
+    assert "data" not in db.backend.table_columns("fashion_predicted")
+    reset(db)
+
+
 def test_unknown_model_lists_what_exists(trained: sv.Database) -> None:
     with pytest.raises(sv.SqlvisionError, match=r"model 'nope' not found \(models: fm"):
         trained.predict("nope", "fashion")
-    with pytest.raises(sv.SqlvisionError, match="fm:9"):
-        trained.sql("SELECT predict('fm:9', data) FROM fashion")
+    with pytest.raises(sv.SqlvisionError, match=r"model 'fm:9' not found"):
+        trained.predict("fm:9", "fashion")
+
 
 
 def test_evaluate_matches_sv_predictions(trained: sv.Database, tmp_path: Path) -> None:
@@ -157,7 +205,7 @@ def test_evaluate_matches_sv_predictions(trained: sv.Database, tmp_path: Path) -
     assert ev.macro_f1 == pytest.approx(f1_score([t for t, _, _ in pairs], [p for _, p, _ in pairs],
                                                  average="macro", labels=ev.classes, zero_division=0))
     assert sum(map(sum, ev.confusion)) == 1000
-    stored = db.sql("SELECT accuracy, rows FROM sv_evaluations").fetchall()[-1]
+    stored = db.sql("SELECT accuracy, row_count FROM sv_evaluations").fetchall()[-1]
     assert stored == (pytest.approx(ev.accuracy), 1000)
     for name in ("report.html", "confusion.png", "mistakes.png", "metrics.json"):
         assert (tmp_path / "report" / name).exists()
@@ -193,7 +241,8 @@ def test_logistic_head_on_embeddings(trained: sv.Database) -> None:
     reset(db)
     db.predict("fm-lr", "fashion", where="id <= 20", progress=False)
     assert db.sql("SELECT count(*) FROM sv_predictions WHERE model = 'fm-lr'").scalar() == 20
-    assert len(db.sql("SELECT predict('fm-lr', data).label FROM fashion WHERE id <= 3")) == 3
+    if db.backend.dialect in ("duckdb", "sqlite"):
+        assert len(db.sql("SELECT predict('fm-lr', data).label FROM fashion WHERE id <= 3")) == 3
 
 
 _PREDICT_SCRIPT = """

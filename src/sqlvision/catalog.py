@@ -8,7 +8,7 @@ from sqlvision.db.base import Backend, Column
 
 IMAGE_COLUMNS = (
     Column("id", "bigint", primary_key=True),
-    Column("uri", "key", unique=True, not_null=True),
+    Column("uri", "key", unique=True, not_null=True, max_chars=768),
     Column("data", "blob"),
     Column("label", "text"),
     Column("split", "text"),
@@ -27,7 +27,7 @@ REQUIRED_IMAGE_COLUMNS = ("id", "uri", "data", "label", "split", "sha256")
 INGEST_ERRORS = "sv_ingest_errors"
 INGEST_ERROR_COLUMNS = (
     Column("table_name", "key", not_null=True),
-    Column("path", "key", not_null=True),
+    Column("path", "key", not_null=True, max_chars=512),
     Column("reason", "text"),
     Column("error_at", "timestamp"),
 )

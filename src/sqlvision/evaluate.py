@@ -34,7 +34,7 @@ EVALUATION_COLUMNS = (
     Column("model_version", "int", not_null=True),
     Column("source_table", "key", not_null=True),
     Column("where_clause", "text"),
-    Column("rows", "bigint"),
+    Column("row_count", "bigint"),
     Column("accuracy", "double"),
     Column("top_k_accuracy", "double"),
     Column("k", "int"),
@@ -111,11 +111,11 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
     unknown: dict[str, int] = {}
     scored = []
     for r in rows:
-        truth = str(r["truth"])
-        if truth not in known:
-            unknown[truth] = unknown.get(truth, 0) + 1
+        label = str(r["truth"])
+        if label not in known:
+            unknown[label] = unknown.get(label, 0) + 1
         elif r["predicted"] is not None:
-            scored.append({**r, "truth": truth})
+            scored.append({**r, "truth": label})
     if not scored:
         if unknown:
             raise SqlvisionError(
@@ -152,7 +152,7 @@ def store(backend: Backend, ev: Evaluation, name: str, version: int | None, wher
     if not backend.table_exists(EVALUATIONS):
         backend.create_table(EVALUATIONS, EVALUATION_COLUMNS)
     row = {"model": [name], "model_version": [version], "source_table": [ev.table],
-           "where_clause": [where], "rows": [ev.rows], "accuracy": [ev.accuracy],
+           "where_clause": [where], "row_count": [ev.rows], "accuracy": [ev.accuracy],
            "top_k_accuracy": [ev.top_k_accuracy], "k": [ev.k],
            "per_class": [json.dumps(ev.per_class)],
            "confusion": [json.dumps({"classes": ev.classes, "matrix": ev.confusion})],

@@ -29,9 +29,11 @@ def label_split_counts(backend: Backend, table: ImageTable, where: str | None = 
     q = backend.quote_column
     label = q(table.label) if table.label else "NULL"
     split = q(table.split) if table.split else "NULL"
+    groups = [c for c in (label, split) if c != "NULL"]  # PostgreSQL refuses GROUP BY NULL
+    group_by = f" GROUP BY {', '.join(groups)}" if groups else ""
     counts = backend.query(
         f"SELECT {label} AS label, {split} AS split, count(*) AS n "
-        f"FROM {backend.quote(table.name)}{_where(where)} GROUP BY {label}, {split}"
+        f"FROM {backend.quote(table.name)}{_where(where)}{group_by}"
     ).to_pylist()
     order = {"train": 0, "validation": 1, "test": 2}
     splits = sorted({str(r["split"]) if r["split"] is not None else "(none)" for r in counts},

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from sqlvision.db.base import Backend, Column, arrow_schema
 from sqlvision.db.url import DatabaseURL, parse_url
-from sqlvision.errors import SqlvisionError
+from sqlvision.errors import MissingDependencyError, SqlvisionError
 
 BackendFactory = Callable[[DatabaseURL], Backend]
 _BACKENDS: dict[str, BackendFactory] = {}
@@ -46,8 +46,28 @@ def _sqlite(url: DatabaseURL) -> Backend:
     return SQLiteBackend(url)
 
 
+def _postgresql(url: DatabaseURL) -> Backend:
+    try:
+        from sqlvision.db.postgres_backend import PostgresBackend
+    except ImportError as exc:
+        raise MissingDependencyError(f"PostgreSQL needs psycopg ({exc})",
+                                     'pip install "sqlvision[postgres]"') from None
+    return PostgresBackend(url)
+
+
+def _mysql(url: DatabaseURL) -> Backend:
+    try:
+        from sqlvision.db.mysql_backend import MySQLBackend
+    except ImportError as exc:
+        raise MissingDependencyError(f"MariaDB and MySQL need PyMySQL ({exc})",
+                                     'pip install "sqlvision[mysql]"') from None
+    return MySQLBackend(url)
+
+
 register_backend("duckdb", _duckdb)
 register_backend("sqlite", _sqlite)
+register_backend("postgresql", _postgresql)
+register_backend("mysql", _mysql)
 
 __all__ = [
     "Backend",

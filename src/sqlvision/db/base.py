@@ -26,7 +26,8 @@ LOGICAL_TYPES = ("bigint", "int", "double", "bool", "text", "key", "blob", "time
 class Column:
     """A column of a table sqlvision creates; ``type`` is one of :data:`LOGICAL_TYPES`.
 
-    ``key`` is text that takes part in an index (engines that cannot index TEXT get a VARCHAR).
+    ``key`` is text that takes part in an index (engines that cannot index TEXT get a VARCHAR
+    of ``max_chars``, 255 unless set).
     """
 
     name: str
@@ -34,6 +35,7 @@ class Column:
     primary_key: bool = False
     unique: bool = False
     not_null: bool = False
+    max_chars: int | None = None
 
     def __post_init__(self) -> None:
         if self.type not in LOGICAL_TYPES:
@@ -59,6 +61,51 @@ def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
     return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
 
 
+def _column_array(values: list[Any]) -> pa.Array:
+    """Arrow array for one result column, whose values may mix types (SQLite has no column types)."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def rows_to_arrow(description: Any, rows: Sequence[Sequence[Any]]) -> pa.Table:
+    """An Arrow table from a DB-API cursor's ``description`` and fetched rows."""
+    names = [d[0] for d in description or ()]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    # from_arrays keeps duplicate names (SELECT a.label, b.label ...), as DuckDB does
+    return pa.Table.from_arrays([_column_array(list(c)) for c in columns], names=names)
+
+
+def qmark_to_format(sql: str) -> str:
+    """Rewrite ``?`` placeholders as ``%s`` (and ``%`` as ``%%``) outside quotes and comments,
+    for drivers with the ``format`` parameter style (psycopg, PyMySQL)."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`":
+            end = i + 1
+            while end < n:
+                if sql[end] == ch:
+                    if end + 1 < n and sql[end + 1] == ch:  # doubled quote inside
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i:end + 1].replace("%", "%%"))
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+        else:
+            out.append("%s" if ch == "?" else "%%" if ch == "%" else ch)
+            i += 1
+    return "".join(out)
+
+
 class Backend(ABC):
     """One database engine. Subclasses register URL schemes in :mod:`sqlvision.db`."""
 
@@ -78,6 +125,10 @@ class Backend(ABC):
     def quote_column(self, name: str) -> str:
         """Quote a single column name (dots are part of the name, not a qualifier)."""
         return quote_identifier(name, self.quote_char)
+
+    def quote_literal(self, value: str) -> str:
+        """A string literal, for the rare statement that cannot take parameters (DDL)."""
+        return "'" + value.replace("'", "''") + "'"
 
     # -- statements ----------------------------------------------------------------------------
     @abstractmethod
@@ -177,6 +228,10 @@ class Backend(ABC):
             f"CREATE INDEX IF NOT EXISTS {self.quote_column(index)} ON {self.quote(table)} ({cols})"
         )
 
+    def drop_table(self, name: str) -> None:
+        """Drop ``name`` if it exists."""
+        self.execute(f"DROP TABLE IF EXISTS {self.quote(name)}")
+
     def add_column(self, table: str, column: Column) -> None:
         """Add a column to an existing table."""
         self.execute(
@@ -219,6 +274,10 @@ class Backend(ABC):
             f"UPDATE {t} SET {sets} FROM {self.quote(source)} AS s "
             f"WHERE s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
             f"AND {where}", params)
+
+    def too_large(self, value: bytes) -> str | None:
+        """Why ``value`` (an image's bytes) cannot be stored here, or ``None`` if it can."""
+        return None
 
     def _rows(self, data: pa.Table) -> list[tuple[Any, ...]]:
         return list(zip(*(col.to_pylist() for col in data.columns), strict=True))

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from sqlvision.db.base import Backend
+from sqlvision.db.base import Backend, rows_to_arrow
 from sqlvision.db.identifiers import split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
@@ -22,21 +22,6 @@ def _adapt(value: Any) -> Any:
     if isinstance(value, list):  # vectors: float32 bytes, read back by sqlvision.embed.as_vector
         return np.asarray(value, np.float32).tobytes()
     return value
-
-
-def _column_array(values: list[Any]) -> pa.Array:
-    """Arrow array for a SQLite column, whose values may mix types (SQLite has no column types)."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
-
-
-def _rows_to_arrow(description: Any, rows: list[tuple[Any, ...]]) -> pa.Table:
-    names = [d[0] for d in description or ()]
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    # from_arrays keeps duplicate names (SELECT a.label, b.label ...), as DuckDB does
-    return pa.Table.from_arrays([_column_array(list(c)) for c in columns], names=names)
 
 
 class SQLiteBackend(Backend):
@@ -77,7 +62,7 @@ class SQLiteBackend(Backend):
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         cur = self.con.execute(sql, [_adapt(p) for p in params])
         try:
-            return _rows_to_arrow(cur.description, cur.fetchall())
+            return rows_to_arrow(cur.description, cur.fetchall())
         finally:
             cur.close()
 
@@ -88,7 +73,7 @@ class SQLiteBackend(Backend):
         try:
             cur.execute(sql, [_adapt(p) for p in params])
             while rows := cur.fetchmany(batch_rows):
-                yield from _rows_to_arrow(cur.description, rows).to_batches()
+                yield from rows_to_arrow(cur.description, rows).to_batches()
         finally:
             cur.close()
 

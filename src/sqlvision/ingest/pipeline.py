@@ -184,6 +184,9 @@ class _Ingest:
         except OSError as exc:
             return _Read(c, error=f"cannot read file: {exc.strerror or exc}")
         result = _Read(c, sha256=hashlib.sha256(data).hexdigest())
+        if not self.reference and (reason := self.backend.too_large(data)):
+            result.error = f"too large for this database: {reason}"
+            return result
         try:
             result.info = probe(data, self.max_pixels)
             if self.check == "full":

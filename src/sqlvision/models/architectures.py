@@ -47,7 +47,7 @@ def SequentialClassifier(features: Any, dropout: Any, head: Any) -> Any:
     embedding extraction and layer freezing treat built-ins and timm models alike."""
     nn = require("torch.nn", "train")
 
-    class _Classifier(nn.Module):
+    class _Classifier(nn.Module):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.features, self.dropout, self.head = features, dropout, head

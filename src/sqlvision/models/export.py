@@ -69,6 +69,8 @@ def to_onnx(model: Any, example: np.ndarray) -> bytes:
                              "try another architecture, or report the model name") from exc
     finally:
         torch_logger.setLevel(level)
+    if program is None:
+        raise SqlvisionError("ONNX export produced no program", "try another architecture")
     return program.model_proto.SerializeToString()
 
 

@@ -28,6 +28,16 @@ MODEL_COLUMNS = (
     Column("created_at", "timestamp"),
 )
 _SUMMARY = "name, version, architecture, classes, metrics, created_at"
+# Model bytes over a server's statement limit (MariaDB's max_allowed_packet) go in parts.
+PARTS = "sv_model_parts"
+PART_COLUMNS = (
+    Column("name", "key", not_null=True),
+    Column("version", "int", not_null=True),
+    Column("part", "key", not_null=True),
+    Column("seq", "int", not_null=True),
+    Column("data", "blob"),
+)
+PART_BYTES = 1 << 20
 
 
 def ensure_models_table(backend: Backend) -> None:
@@ -44,7 +54,7 @@ def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
                                 [bundle.name])
         bundle.version = int(latest or 0) + 1
         bundle.created_at = utcnow()
-        row = {
+        row: dict[str, list[Any]] = {
             "name": [bundle.name], "version": [bundle.version],
             "architecture": [bundle.architecture], "classes": [json.dumps(bundle.classes)],
             "preprocessing": [bundle.spec.to_json()], "metrics": [json.dumps(bundle.metrics)],
@@ -52,8 +62,31 @@ def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
             "lineage": [json.dumps(bundle.lineage, default=str)],
             "onnx": [bundle.onnx], "weights": [bundle.weights], "created_at": [bundle.created_at],
         }
+        for part in ("onnx", "weights"):
+            value = row[part][0]
+            if value is not None and backend.too_large(value):
+                _save_parts(backend, bundle, part, value)
+                row[part] = [None]
         backend.insert(MODELS, pa.table(row, schema=arrow_schema(MODEL_COLUMNS)))
     return bundle
+
+
+def _save_parts(backend: Backend, bundle: ModelBundle, part: str, value: bytes) -> None:
+    if not backend.table_exists(PARTS):
+        backend.create_table(PARTS, PART_COLUMNS, primary_key=("name", "version", "part", "seq"))
+    pieces = [value[i:i + PART_BYTES] for i in range(0, len(value), PART_BYTES)]
+    n = len(pieces)
+    backend.insert(PARTS, pa.table({
+        "name": [bundle.name] * n, "version": [bundle.version] * n, "part": [part] * n,
+        "seq": list(range(n)), "data": pieces}, schema=arrow_schema(PART_COLUMNS)))
+
+
+def _load_part(backend: Backend, name: str, version: int, part: str) -> bytes | None:
+    if not backend.table_exists(PARTS):
+        return None
+    rows = backend.query(f"SELECT data FROM {backend.quote(PARTS)} WHERE name = ? AND version = ? "
+                         "AND part = ? ORDER BY seq", [name, version, part])
+    return b"".join(rows.column(0).to_pylist()) if rows.num_rows else None
 
 
 def _known(backend: Backend) -> str:
@@ -75,7 +108,7 @@ def load(backend: Backend, name: str, version: int | None = None) -> ModelBundle
                              "train one first: sqlvision train NAME --table TABLE")
     where, params = "name = ?", [name]
     if version is not None:
-        where, params = "name = ? AND version = ?", [name, int(version)]
+        where, params = "name = ? AND version = ?", [name, int(version)]  # type: ignore[list-item]
     rows = backend.query(f"SELECT * FROM {backend.quote(MODELS)} WHERE {where} "
                          "ORDER BY version DESC LIMIT 1", params).to_pylist()
     if not rows:
@@ -83,6 +116,9 @@ def load(backend: Backend, name: str, version: int | None = None) -> ModelBundle
         raise SqlvisionError(f"model {what!r} not found (models: {_known(backend)})",
                              "check the name and version with: sqlvision models list")
     r = rows[0]
+    for part in ("onnx", "weights"):
+        if r[part] is None:
+            r[part] = _load_part(backend, r["name"], int(r["version"]), part)
     return ModelBundle(
         name=r["name"], architecture=r["architecture"], classes=list(_json(r["classes"])),
         spec=PreprocessSpec.from_dict(_json(r["preprocessing"])), onnx=bytes(r["onnx"]),
@@ -116,4 +152,6 @@ def delete(backend: Backend, name: str, version: int | None = None) -> int:
     n = backend.scalar(f"SELECT count(*) FROM {q} WHERE {where}", params)
     with backend.transaction():
         backend.execute(f"DELETE FROM {q} WHERE {where}", params)
+        if backend.table_exists(PARTS):
+            backend.execute(f"DELETE FROM {backend.quote(PARTS)} WHERE {where}", params)
     return int(n)

@@ -22,6 +22,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import load_classifier
 from sqlvision.predict.stream import decode_rows, table_rows
+from sqlvision.predict.view import create_predicted_view, predicted_view_name
 from sqlvision.progress import progress_bar
 from sqlvision.tables import ImageTable
 
@@ -52,6 +53,7 @@ class PredictReport:
     failed: list[tuple[Any, str]] = field(default_factory=list)
     already: int = 0
     seconds: float = 0.0
+    view: str | None = None
 
     def summary(self) -> str:
         """One line for the CLI."""
@@ -60,6 +62,8 @@ class PredictReport:
                 f"({rate:,.0f} images/s), {self.already} already predicted")
         if self.failed:
             text += f"; {len(self.failed)} could not be decoded (label NULL, reason in error)"
+        if self.view:
+            text += f"; in SQL: SELECT * FROM {self.view}"
         return text
 
 
@@ -100,6 +104,7 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     assert bundle.version is not None
     classifier = load_classifier(bundle, engine, device)
     check_integer_ids(backend, table)
+    predicted_view_name(table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
     q, qt = backend.quote_column, backend.quote(table.name)
     key = (table.name, bundle.name, bundle.version)
@@ -133,6 +138,7 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
         bar.close()
     if into_columns:
         write_back(backend, table, bundle, where)
+    report.view = create_predicted_view(backend, table, PREDICTIONS)
     report.seconds = time.perf_counter() - started
     return report
 

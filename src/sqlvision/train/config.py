@@ -97,5 +97,6 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Settings saved by :meth:`to_dict` (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in data.items() if k in names}
         return cls(**kwargs)

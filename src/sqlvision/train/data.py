@@ -119,7 +119,7 @@ class ImageStream:
                 found[key] = (data, location)
         return found
 
-    def batches(self, keys: Sequence[Any], targets: Sequence[int], batch_size: int, *,
+    def batches(self, keys: Sequence[Any], targets: Sequence[int] | np.ndarray, batch_size: int, *,
                 seed: int | None = None, epoch: int = 0, augment: Augment | None = None,
                 skip_batches: int = 0, drop_last: bool = False) -> Iterator[Batch]:
         """Batches over ``keys`` (shuffled by ``seed`` and ``epoch`` when ``seed`` is given),

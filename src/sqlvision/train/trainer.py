@@ -316,6 +316,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         fine_tuning = bool(self.parent or cfg.pretrained)
         lr = cfg.lr or (0.05 if cfg.optimizer == "sgd" else 3e-3) * (0.3 if fine_tuning else 1.0)
+        opt: torch.optim.Optimizer
+        sched: torch.optim.lr_scheduler.LRScheduler
         if cfg.optimizer == "sgd":
             wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
             opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, nesterov=True)

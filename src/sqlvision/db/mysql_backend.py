@@ -1,0 +1,178 @@
+"""MariaDB and MySQL through PyMySQL: multi-row INSERTs for bulk writes, unbuffered reads.
+
+URL: ``mysql://user:password@host:port/database`` (``mariadb://`` is the same). Query
+parameters: ``unix_socket``, ``connect_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pyarrow as pa
+import pymysql
+import pymysql.cursors
+
+from sqlvision.db.base import Column
+from sqlvision.db.identifiers import split_name
+from sqlvision.db.server import ServerBackend
+from sqlvision.db.url import DatabaseURL
+from sqlvision.errors import SqlvisionError
+
+# Client and server error codes that mean the connection is gone.
+_DISCONNECT_CODES = {1053, 1927, 2003, 2006, 2013, 2055, 4031}
+_PACKET_TOO_LARGE = 1153
+_ESCAPED = (b"\\", b"\0", b"\n", b"\r", b"'", b'"', b"\x1a")  # what PyMySQL escapes in bytes
+_STATEMENT_BYTES = 4 * 1024 * 1024  # one multi-row INSERT carries up to this much
+
+
+def _vector_bytes(value: Any) -> Any:
+    """Vectors (embeddings) as float32 bytes, as on SQLite; read back by ``embed.as_vector``."""
+    return np.asarray(value, np.float32).tobytes() if isinstance(value, list) else value
+
+
+class MySQLBackend(ServerBackend):
+    """A MariaDB (or MySQL) database."""
+
+    dialect = "mysql"
+    quote_char = "`"
+    connection_errors = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+    type_names: ClassVar[dict[str, str]] = {
+        "bigint": "BIGINT",
+        "int": "INT",
+        "double": "DOUBLE",
+        "bool": "BOOLEAN",
+        "text": "LONGTEXT CHARACTER SET utf8mb4",
+        "key": "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "blob": "LONGBLOB",
+        "timestamp": "DATETIME(6)",
+        "json": "LONGTEXT CHARACTER SET utf8mb4",
+        "vector": "LONGBLOB",
+    }
+
+    def __init__(self, url: DatabaseURL) -> None:
+        self._options = dict(parse_qsl(url.query))
+        super().__init__(url)
+        self._max_packet = int(self.scalar("SELECT @@max_allowed_packet"))
+
+    def _connect(self) -> Any:
+        u = self.url
+        params: dict[str, Any] = {
+            "host": u.host or "localhost", "port": u.port or 3306, "user": u.user or "root",
+            "password": u.password or "", "database": u.database, "charset": "utf8mb4",
+            "autocommit": True, "binary_prefix": True,
+            "connect_timeout": int(self._options.get("connect_timeout", 10)),
+        }
+        if "unix_socket" in self._options:
+            params["unix_socket"] = self._options["unix_socket"]
+        return pymysql.connect(**params)
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, pymysql.err.InterfaceError):
+            return True
+        return bool(exc.args) and exc.args[0] in _DISCONNECT_CODES
+
+    def _server_side(self, reader: Any, sql: str, args: Sequence[Any] | None,
+                     batch_rows: int) -> Iterator[tuple[Any, list[Any]]]:
+        with reader.cursor(pymysql.cursors.SSCursor) as cur:
+            cur.execute(sql, args)
+            while rows := cur.fetchmany(batch_rows):
+                yield cur.description, list(rows)
+
+    def quote_literal(self, value: str) -> str:
+        # Backslashes escape in MariaDB's string literals too.
+        return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+    # -- tables ------------------------------------------------------------------------------------
+    def _where_name(self, name: str) -> tuple[str, list[Any]]:
+        parts = split_name(name)
+        if len(parts) > 2:
+            raise SqlvisionError(f"bad MariaDB name {name!r}", "use NAME or DATABASE.NAME")
+        if len(parts) == 2:
+            return "table_schema = ? AND table_name = ?", parts
+        return "table_schema = DATABASE() AND table_name = ?", parts
+
+    def table_exists(self, name: str) -> bool:
+        where, params = self._where_name(name)
+        return bool(self.scalar(f"SELECT count(*) FROM information_schema.tables WHERE {where}",
+                                params))
+
+    def table_columns(self, name: str) -> list[str]:
+        where, params = self._where_name(name)
+        rows = self.query(f"SELECT column_name FROM information_schema.columns WHERE {where} "
+                          "ORDER BY ordinal_position", params)
+        return rows.column(0).to_pylist()
+
+    def list_tables(self) -> list[str]:
+        rows = self.query("SELECT table_name FROM information_schema.tables "
+                          "WHERE table_schema = DATABASE() ORDER BY table_name")
+        return rows.column(0).to_pylist()
+
+    def column_type(self, column: Column) -> str:
+        if column.type == "key" and column.max_chars:
+            return f"VARCHAR({column.max_chars}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        return self.type_names[column.type]
+
+    def create_index(self, table: str, columns: Sequence[str]) -> None:
+        # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): look first.
+        base = split_name(table)[-1]
+        index = f"{base}_{'_'.join(columns)}_idx"[:63]
+        where, params = self._where_name(table)
+        if self.scalar(f"SELECT count(*) FROM information_schema.statistics WHERE {where} "
+                       "AND index_name = ?", [*params, index]):
+            return
+        cols = ", ".join(self.quote_column(c) for c in columns)
+        self.execute(f"CREATE INDEX {self.quote_column(index)} ON {self.quote(table)} ({cols})")
+
+    # -- bulk data ------------------------------------------------------------------------------------
+    def insert(self, table: str, data: pa.Table) -> None:
+        """Multi-row INSERTs of up to a few MB each; a row over ``max_allowed_packet`` is named."""
+        if not data.num_rows:
+            return
+        limit = self.max_packet()
+        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        head = f"INSERT INTO {self.quote(table)} ({cols}) VALUES "
+        rows: list[str] = []
+        size = 0
+        with self.guard(), self.con.cursor() as cur:
+            for row in self._rows(data):
+                row = tuple(_vector_bytes(v) for v in row)
+                literal = cur.mogrify("(" + ", ".join(["%s"] * len(row)) + ")", row)
+                if len(literal) + len(head) > limit:
+                    raise SqlvisionError(
+                        f"a row of {len(literal) / 2**20:.1f} MB for {table} exceeds the server's "
+                        f"max_allowed_packet ({limit / 2**20:.0f} MB)",
+                        "raise it (SET GLOBAL max_allowed_packet = 1073741824, as an admin), or "
+                        "ingest with --reference to keep the bytes out of the database")
+                if rows and size + len(literal) > min(limit, _STATEMENT_BYTES):
+                    cur.execute(head + ",".join(rows))
+                    rows, size = [], 0
+                rows.append(literal)
+                size += len(literal) + 1
+            if rows:
+                cur.execute(head + ",".join(rows))
+
+    def max_packet(self) -> int:
+        """The server's ``max_allowed_packet`` in bytes."""
+        return self._max_packet
+
+    def too_large(self, value: bytes) -> str | None:
+        # A blob travels escaped inside the INSERT of its row: count the escaped bytes.
+        wire = len(value) + sum(value.count(c) for c in _ESCAPED) + 64 * 1024
+        if wire <= self.max_packet():
+            return None
+        return (f"{len(value) / 2**20:.1f} MB is more than the server's max_allowed_packet "
+                f"({self.max_packet() / 2**20:.0f} MB) allows; raise it (SET GLOBAL "
+                "max_allowed_packet = 1073741824) or ingest with --reference")
+
+    def update_join(self, target: str, target_key: str, source: str, source_key: str,
+                    assignments: dict[str, str], where: str, params: Sequence[Any]) -> None:
+        t = self.quote(target)
+        sets = ", ".join(f"{t}.{self.quote_column(c)} = s.{self.quote_column(v)}"
+                         for c, v in assignments.items())
+        self.execute(
+            f"UPDATE {t} JOIN {self.quote(source)} AS s "
+            f"ON s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
+            f"SET {sets} WHERE {where}", params)

@@ -1,0 +1,164 @@
+"""PostgreSQL through psycopg 3: binary COPY for bulk writes, named cursors for streamed reads.
+
+URL: ``postgresql://user:password@host:port/database?schema=NAME`` (without a host, the
+local socket). ``schema`` sets the search path, creating the schema if needed; other query
+parameters go to libpq as they are (``sslmode``, ``connect_timeout``, ...).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+import psycopg
+import pyarrow as pa
+from psycopg.types.json import Jsonb, set_json_loads
+
+from sqlvision.db.base import Column
+from sqlvision.db.identifiers import quote_identifier
+from sqlvision.db.server import ServerBackend
+from sqlvision.db.url import DatabaseURL
+
+_names = itertools.count()
+_JSON_OIDS = {114, 3802}  # json, jsonb
+
+
+def _json_text(data: bytes | str) -> str:
+    """JSON columns come back as their text, as DuckDB and SQLite return them."""
+    return data.decode() if isinstance(data, bytes | bytearray | memoryview) else data
+
+
+def _as_is(text: Any) -> str:
+    return str(text)
+
+
+class PostgresBackend(ServerBackend):
+    """A PostgreSQL database (one schema of it with ``?schema=``)."""
+
+    dialect = "postgresql"
+    connection_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+    type_names: ClassVar[dict[str, str]] = {
+        "bigint": "BIGINT",
+        "int": "INTEGER",
+        "double": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "text": "TEXT",
+        "key": "TEXT",
+        "blob": "BYTEA",
+        "timestamp": "TIMESTAMP",
+        "json": "JSONB",
+        "vector": "REAL[]",
+    }
+
+    def __init__(self, url: DatabaseURL) -> None:
+        options = dict(parse_qsl(url.query))
+        self.schema = options.pop("schema", None)
+        self._libpq_options = options
+        self._oids: dict[str, dict[str, int]] = {}
+        self._pgvector: bool | None = None
+        super().__init__(url)
+
+    def _connect(self) -> Any:
+        u = self.url
+        params: dict[str, Any] = {"connect_timeout": 10, "application_name": "sqlvision"}
+        params.update({k: v for k, v in {"host": u.host, "port": u.port, "user": u.user,
+                                          "password": u.password, "dbname": u.database}.items()
+                       if v is not None})
+        params.update(self._libpq_options)
+        con = psycopg.connect(autocommit=True, **params)
+        set_json_loads(_json_text, con)
+        if self.schema:
+            schema = quote_identifier(self.schema)
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(f"SET search_path TO {schema}, public")
+        return con
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, psycopg.InterfaceError) or self.con.closed:
+            return True
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+    def _server_side(self, reader: Any, sql: str, args: Sequence[Any] | None,
+                     batch_rows: int) -> Iterator[tuple[Any, list[Any]]]:
+        with reader.transaction(), reader.cursor(name=f"sv_stream_{next(_names)}") as cur:
+            cur.execute(sql, args)
+            while rows := cur.fetchmany(batch_rows):
+                yield cur.description, rows
+
+    # -- tables ------------------------------------------------------------------------------------
+    def table_exists(self, name: str) -> bool:
+        return bool(self.scalar("SELECT to_regclass(?) IS NOT NULL", [self.quote(name)]))
+
+    def table_columns(self, name: str) -> list[str]:
+        return list(self._column_oids(name))
+
+    def _column_oids(self, name: str) -> dict[str, int]:
+        rows = self.query("SELECT attname, atttypid::bigint FROM pg_attribute WHERE attrelid = "
+                          "to_regclass(?) AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                          [self.quote(name)])
+        return dict(zip(rows.column(0).to_pylist(), rows.column(1).to_pylist(), strict=True))
+
+    def list_tables(self) -> list[str]:
+        rows = self.query("SELECT table_name FROM information_schema.tables "
+                          "WHERE table_schema = current_schema() ORDER BY table_name")
+        return rows.column(0).to_pylist()
+
+    def create_table(self, name: str, columns: Sequence[Column],
+                     primary_key: Sequence[str] = ()) -> None:
+        existed = self.table_exists(name)
+        super().create_table(name, columns, primary_key)
+        if not existed:
+            # Image bytes are already compressed: store them out of line without trying again.
+            for col in columns:
+                if col.type == "blob":
+                    self.execute(f"ALTER TABLE {self.quote(name)} ALTER COLUMN "
+                                 f"{self.quote_column(col.name)} SET STORAGE EXTERNAL")
+        self._oids.pop(name, None)
+
+    def add_column(self, table: str, column: Column) -> None:
+        super().add_column(table, column)
+        self._oids.pop(table, None)
+
+    def drop_table(self, name: str) -> None:
+        super().drop_table(name)
+        self._oids.pop(name, None)
+
+    # -- bulk data ------------------------------------------------------------------------------------
+    def insert(self, table: str, data: pa.Table) -> None:
+        """Binary COPY: rows stream to the server in its own format, no SQL text per row."""
+        if not data.num_rows:
+            return
+        oids = self._oids.get(table)
+        if oids is None or any(c not in oids for c in data.column_names):
+            oids = self._oids[table] = self._column_oids(table)
+        types = [oids[c] for c in data.column_names]
+        json_at = [i for i, oid in enumerate(types) if oid in _JSON_OIDS]
+        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        with self.guard(), self.con.cursor() as cur, cur.copy(
+                f"COPY {self.quote(table)} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for values in self._rows(data):
+                row = list(values)
+                for i in json_at:
+                    if row[i] is not None:
+                        row[i] = Jsonb(row[i], dumps=_as_is)
+                copy.write_row(row)
+
+    # -- vectors ----------------------------------------------------------------------------------------
+    @property
+    def has_pgvector(self) -> bool:
+        """Whether pgvector is enabled here (enabled on first use when installed and allowed)."""
+        if self._pgvector is None:
+            enabled = self.scalar("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
+            if not enabled and self.scalar(
+                    "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"):
+                try:
+                    self.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    enabled = 1
+                except psycopg.Error:
+                    enabled = 0
+            self._pgvector = bool(enabled)
+        return self._pgvector
