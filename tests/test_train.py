@@ -200,28 +200,38 @@ def test_unlabeled_and_undecodable_rows_are_skipped_and_counted(fashion_db: sv.D
     assert sum(s for (s,) in skipped) == 2  # counted once, then left out of later epochs
 
 
-def test_users_own_table(tmp_path: Path) -> None:
-    with sv.connect(tmp_path / "own.sqlite") as db:
-        db.backend.execute("CREATE TABLE tf_images (img_idx INTEGER PRIMARY KEY, img_label INTEGER, "
-                           "img_blob BLOB, img_use INTEGER)")
-        rng = np.random.default_rng(0)
-        rows = []
-        for i in range(120):
-            label = i % 2
-            pixels = rng.integers(0, 60, (16, 16), dtype=np.uint8) + (150 if label else 0)
-            from PIL import Image
+def test_users_own_table(db: sv.Database, tmp_path: Path) -> None:
+    """The MariaDB walk-through's layout: integer labels named by a categories table."""
+    types = db.backend.type_names
+    db.backend.execute(f"CREATE TABLE tf_images (img_idx INTEGER PRIMARY KEY, img_label INTEGER, "
+                       f"img_blob {types['blob']}, img_use INTEGER)")
+    db.backend.execute(f"CREATE TABLE categories (class_idx INTEGER, class_name {types['key']})")
+    db.backend.executemany("INSERT INTO categories VALUES (?, ?)", [(0, "dark"), (1, "light")])
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(120):
+        label = i % 2
+        pixels = rng.integers(0, 60, (16, 16), dtype=np.uint8) + (150 if label else 0)
+        from PIL import Image
 
-            buf = io.BytesIO()
-            Image.fromarray(pixels.astype(np.uint8), "L").save(buf, "PNG")
-            rows.append((i, label, buf.getvalue(), 1 if i < 100 else 2))
-        db.backend.executemany("INSERT INTO tf_images VALUES (?, ?, ?, ?)", rows)
-        result = db.train("own", "tf_images", where="img_use = 1", id_col="img_idx",
-                          image_col="img_blob", label_col="img_label", epochs=6,
-                          checkpoint_dir=tmp_path / "ck", progress=False, log=lambda _: None,
-                          **{**FAST, "batch_size": 8})
-        assert result.bundle.classes == ["0", "1"]
-        assert result.bundle.metrics["val_accuracy"] >= 0.9
-        assert json.loads(db.sql("SELECT lineage FROM sv_models").scalar())["id_col"] == "img_idx"
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8), "L").save(buf, "PNG")
+        rows.append((i, label, buf.getvalue(), 1 if i < 100 else 2))
+    db.backend.executemany("INSERT INTO tf_images VALUES (?, ?, ?, ?)", rows)
+    columns = {"id_col": "img_idx", "image_col": "img_blob", "label_col": "img_label",
+               "label_names": "SELECT class_idx, class_name FROM categories"}
+    result = db.train("own", "tf_images", where="img_use = 1", epochs=6,
+                      checkpoint_dir=tmp_path / "ck", progress=False, log=lambda _: None,
+                      **{**FAST, "batch_size": 8}, **columns)
+    assert result.bundle.classes == ["dark", "light"]
+    assert result.bundle.metrics["val_accuracy"] >= 0.9
+    assert json.loads(db.sql("SELECT lineage FROM sv_models").scalar())["id_col"] == "img_idx"
+    ev = db.evaluate("own", "tf_images", where="img_use = 2", progress=False, **columns)
+    assert ev.rows == 20 and ev.accuracy >= 0.9
+    counts = db.stats("tf_images", split_col="img_use", **columns).to_pylist()
+    assert [(r["label"], r["total"]) for r in counts] == [("dark", 60), ("light", 60)]
+    with pytest.raises(sv.SqlvisionError, match="--label-names query"):
+        db.stats("tf_images", **{**columns, "label_names": "SELECT class_idx FROM categories"})
 
 
 def test_check_export_catches_a_wrong_graph() -> None:

@@ -19,13 +19,20 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", metavar="URL", default=None,
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> argparse.ArgumentParser:
+    """``--db`` and ``--debug``, accepted before the verb and after it."""
+    parser.add_argument("--db", metavar="URL", default=default,
                         help="database URL: duckdb:///FILE (default duckdb:///sqlvision.duckdb "
-                             "or $SQLVISION_DB), sqlite:///FILE, postgresql://..., mysql://...")
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    return common
+                             "or $SQLVISION_DB), sqlite:///FILE, postgresql://user@host/db"
+                             "[?schema=S], mysql://user@host/db")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show tracebacks on errors")
+    return parser
+
+
+def _common() -> argparse.ArgumentParser:
+    # SUPPRESS: a verb's parser must not overwrite a value given before the verb.
+    return _add_common(argparse.ArgumentParser(add_help=False), argparse.SUPPRESS)
 
 
 def _columns(p: argparse.ArgumentParser) -> None:
@@ -34,11 +41,14 @@ def _columns(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
     g.add_argument("--label-col", metavar="COL", help="label column (default: label)")
     g.add_argument("--split-col", metavar="COL", help="split column (default: split)")
+    g.add_argument("--label-names", metavar="SQL",
+                   help="class names for label codes: a query returning (code, name) rows, e.g. "
+                        "\"SELECT class_idx, class_name FROM categories\"")
 
 
 def _column_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"id_col": args.id_col, "image_col": args.image_col, "label_col": args.label_col,
-            "split_col": args.split_col}
+            "split_col": args.split_col, "label_names": args.label_names}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'sqlvision VERB --help' for a verb's options. Start with: sqlvision demo",
     )
     parser.add_argument("--version", action="version", version=f"sqlvision {__version__}")
+    _add_common(parser, None)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     common = _common()
 
@@ -363,7 +374,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _connect(args) as db:
         ev = db.evaluate(args.model, args.table, where=args.where, version=args.version, k=args.k,
                          report=args.report, progress=False if args.no_progress else None,
-                         id_col=args.id_col, image_col=args.image_col, label_col=args.label_col)
+                         id_col=args.id_col, image_col=args.image_col, label_col=args.label_col,
+                         label_names=args.label_names)
     print(ev.text())
     if ev.report:
         print(f"report: {ev.report}")

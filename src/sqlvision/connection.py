@@ -80,10 +80,13 @@ class Database:
         return self.backend.list_tables()
 
     def image_table(self, table: str, *, id_col: str | None = None, image_col: str | None = None,
-                    label_col: str | None = None, split_col: str | None = None) -> ImageTable:
-        """Describe ``table``'s image columns (defaults fit tables made by :meth:`ingest`)."""
+                    label_col: str | None = None, split_col: str | None = None,
+                    label_names: str | dict[Any, str] | None = None) -> ImageTable:
+        """Describe ``table``'s image columns (defaults fit tables made by :meth:`ingest`);
+        ``label_names`` maps label codes to class names (a dict, or a two-column query)."""
         return ImageTable.resolve(self.backend, table, id_col=id_col, image_col=image_col,
-                                  label_col=label_col, split_col=split_col)
+                                  label_col=label_col, split_col=split_col,
+                                  label_names=label_names)
 
     # -- verbs ----------------------------------------------------------------------------------
     def ingest(self, table: str, *sources: str | os.PathLike[str], labels: str | None = None,
@@ -111,7 +114,8 @@ class Database:
               checkpoint_dir: str | os.PathLike[str] | None = None, resume: bool = False,
               progress: bool | None = None, log: Any = print, id_col: str | None = None,
               image_col: str | None = None, label_col: str | None = None,
-              split_col: str | None = None, **settings: Any) -> Any:
+              split_col: str | None = None, label_names: str | dict[Any, str] | None = None,
+              **settings: Any) -> Any:
         """Train classifier ``name`` on ``table`` and register it as a new version in ``sv_models``.
 
         ``settings`` are :class:`sqlvision.train.TrainConfig` fields (``arch``, ``epochs``,
@@ -122,7 +126,7 @@ class Database:
         from sqlvision.train import TrainConfig, Trainer
 
         spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col,
-                                split_col=split_col)
+                                split_col=split_col, label_names=label_names)
         if settings.pop("head", "network") == "logistic":
             from sqlvision.embed import fit_logistic_head
             from sqlvision.errors import SqlvisionError
@@ -159,12 +163,15 @@ class Database:
                  version: int | None = None, k: int = 5,
                  report: str | os.PathLike[str] | None = None, engine: str = "onnxruntime",
                  progress: bool | None = None, id_col: str | None = None,
-                 image_col: str | None = None, label_col: str | None = None) -> Any:
+                 image_col: str | None = None, label_col: str | None = None,
+                 label_names: str | dict[Any, str] | None = None) -> Any:
         """Accuracy, top-k accuracy, per-class precision/recall/F1 and the confusion matrix of
-        ``model`` on the labeled rows of ``table``; ``report`` writes the HTML report there."""
+        ``model`` on the labeled rows of ``table``; ``report`` writes the HTML report there.
+        ``label_names`` maps stored label codes to the model's class names."""
         from sqlvision.evaluate import evaluate
 
-        spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col)
+        spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col,
+                                label_names=label_names)
         return evaluate(self.backend, model, spec, where=where, version=version, k=k,
                         report_dir=report, engine=engine, progress=progress)
 
@@ -211,7 +218,7 @@ class Database:
         return Result(registry.list_models(self.backend))
 
     def stats(self, table: str, *, where: str | None = None,
-              plot: str | os.PathLike[str] | None = None, **columns: str | None) -> Result:
+              plot: str | os.PathLike[str] | None = None, **columns: Any) -> Result:
         """Image counts per label (rows) and split (columns); ``plot`` also writes the bar chart."""
         from sqlvision.explore import label_split_counts, plot_counts
 
@@ -222,7 +229,7 @@ class Database:
         return Result(counts)
 
     def show(self, table: str, image_id: Any, out: str | os.PathLike[str] | None = None,
-             **columns: str | None) -> Path:
+             **columns: Any) -> Path:
         """Write one row's image to ``out`` (its own format unless the extension asks another)."""
         from sqlvision.explore import fetch_image, write_image
 
@@ -231,7 +238,7 @@ class Database:
         return write_image(data, out, f"{table}-{image_id}")
 
     def contact_sheet(self, table: str, out: str | os.PathLike[str], *, per_label: int = 6,
-                      where: str | None = None, thumb: int = 96, **columns: str | None) -> Path:
+                      where: str | None = None, thumb: int = 96, **columns: Any) -> Path:
         """Write a PNG grid of the first ``per_label`` images of each label."""
         from sqlvision.explore import contact_sheet
 

@@ -144,23 +144,48 @@ def similar(backend: Backend, model: str, table: ImageTable, image: str | bytes,
     if pixels is None:
         raise SqlvisionError(f"the query image cannot be used: {reason}", "give a valid image")
     query = load_classifier(bundle).embed(pixels[None])[0]
-    keys, matrix = load_embeddings(backend, bundle, table.name)
-    if not keys:
+    found = nearest_in_database(backend, bundle, table.name, query, k)
+    ids, scores = found if found is not None else nearest_by_scan(backend, bundle, table.name,
+                                                                   query, k)
+    if not ids:
         raise SqlvisionError(f"no embeddings for {table.name}", "check the table has decodable images")
-    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
-    scores = matrix @ query / np.maximum(norms, 1e-12)
-    top = np.argsort(-scores)[:k]
-    ids = [keys[i] for i in top]
     q = backend.quote_column
     extra = ", ".join(q(c) for c in (table.label, table.uri) if c)
     marks = ", ".join("?" for _ in ids)
     rows = backend.query(f"SELECT {q(table.id)}{', ' + extra if extra else ''} FROM "
                          f"{backend.quote(table.name)} WHERE {q(table.id)} IN ({marks})", ids)
     by_id = {r[table.id]: r for r in rows.to_pylist()}
-    out = [{"id": i, "similarity": float(scores[j]),
+    out = [{"id": i, "similarity": float(s),
             **{c: by_id.get(i, {}).get(c) for c in (table.label, table.uri) if c}}
-           for i, j in zip(ids, top, strict=True)]
+           for i, s in zip(ids, scores, strict=True)]
     return pa.Table.from_pylist(out)
+
+
+def nearest_by_scan(backend: Backend, bundle: ModelBundle, table: str, query: np.ndarray,
+                    k: int) -> tuple[list[Any], list[float]]:
+    """Exact cosine top-k over every stored embedding, in NumPy (any engine)."""
+    keys, matrix = load_embeddings(backend, bundle, table)
+    if not keys:
+        return [], []
+    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    scores = matrix @ query / np.maximum(norms, 1e-12)
+    top = np.argsort(-scores)[:k]
+    return [keys[i] for i in top], [float(scores[i]) for i in top]
+
+
+def nearest_in_database(backend: Backend, bundle: ModelBundle, table: str, query: np.ndarray,
+                        k: int) -> tuple[list[Any], list[float]] | None:
+    """Exact cosine top-k computed by the database with pgvector's ``<=>`` operator, where
+    PostgreSQL has the extension; ``None`` elsewhere (the caller scans)."""
+    if backend.dialect != "postgresql" or not getattr(backend, "has_pgvector", False):
+        return None
+    literal = "[" + ",".join(f"{float(x):.9g}" for x in query) + "]"
+    rows = backend.query(
+        "SELECT image_id, 1 - (embedding::vector <=> ?::vector) AS similarity "
+        f"FROM {backend.quote(EMBEDDINGS)} WHERE source_table = ? AND model = ? "
+        "AND model_version = ? ORDER BY embedding::vector <=> ?::vector LIMIT ?",
+        [literal, table, bundle.name, bundle.version, literal, k])
+    return rows.column(0).to_pylist(), [float(s) for s in rows.column(1).to_pylist()]
 
 
 def fit_logistic_head(backend: Backend, name: str, base: str, table: ImageTable, *,

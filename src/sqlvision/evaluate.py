@@ -111,7 +111,7 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
     unknown: dict[str, int] = {}
     scored = []
     for r in rows:
-        label = str(r["truth"])
+        label = str(table.label_of(r["truth"]))
         if label not in known:
             unknown[label] = unknown.get(label, 0) + 1
         elif r["predicted"] is not None:

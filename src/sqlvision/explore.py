@@ -42,7 +42,7 @@ def label_split_counts(backend: Backend, table: ImageTable, where: str | None = 
     grid: dict[Any, dict[str, int]] = {lab: dict.fromkeys(splits, 0) for lab in labels}
     for r in counts:
         grid[r["label"]][str(r["split"]) if r["split"] is not None else "(none)"] += r["n"]
-    columns: dict[str, list[Any]] = {"label": [None if v is None else str(v) for v in labels]}
+    columns: dict[str, list[Any]] = {"label": [table.label_of(v) for v in labels]}
     for s in splits:
         columns[s] = [grid[lab][s] for lab in labels]
     columns["total"] = [sum(grid[lab].values()) for lab in labels]
@@ -139,7 +139,8 @@ def contact_sheet(backend: Backend, table: ImageTable, out: str | os.PathLike[st
     draw = ImageDraw.Draw(sheet)
     for gi, (lab, items) in enumerate(groups.items()):
         y = margin + gi * (thumb + margin)
-        draw.text((margin, y + thumb // 2 - 6), str(lab)[:18] if lab is not None else "(no label)",
+        draw.text((margin, y + thumb // 2 - 6), str(table.label_of(lab))[:18] if lab is not None
+                  else "(no label)",
                   fill="black")
         for ii, r in enumerate(items):
             x = text_w + margin + ii * (thumb + margin)

@@ -54,8 +54,12 @@ class Result:
         """The first value of the first row, or ``None`` when there are no rows."""
         return self._table.column(0)[0].as_py() if self._table.num_rows else None
 
+    def text(self, max_rows: int | None = 50) -> str:
+        """The rows as an aligned text table, as ``sqlvision sql`` prints them."""
+        return format_table(self._table, max_rows=max_rows)
+
     def __repr__(self) -> str:
-        return format_table(self._table, max_rows=20)
+        return self.text(max_rows=20)
 
 
 def _cell(value: Any) -> str:

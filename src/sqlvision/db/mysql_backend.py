@@ -24,7 +24,6 @@ from sqlvision.errors import SqlvisionError
 # Client and server error codes that mean the connection is gone.
 _DISCONNECT_CODES = {1053, 1927, 2003, 2006, 2013, 2055, 4031}
 _PACKET_TOO_LARGE = 1153
-_ESCAPED = (b"\\", b"\0", b"\n", b"\r", b"'", b'"', b"\x1a")  # what PyMySQL escapes in bytes
 _STATEMENT_BYTES = 4 * 1024 * 1024  # one multi-row INSERT carries up to this much
 
 
@@ -131,22 +130,24 @@ class MySQLBackend(ServerBackend):
         """Multi-row INSERTs of up to a few MB each; a row over ``max_allowed_packet`` is named."""
         if not data.num_rows:
             return
-        limit = self.max_packet()
         cols = ", ".join(self.quote_column(c) for c in data.column_names)
         head = f"INSERT INTO {self.quote(table)} ({cols}) VALUES "
+        # characters, not bytes: keep a margin for multi-byte text and the protocol's header
+        limit = int(self.max_packet() * 0.9) - len(head)
+        budget = min(limit, _STATEMENT_BYTES)
         rows: list[str] = []
         size = 0
         with self.guard(), self.con.cursor() as cur:
             for row in self._rows(data):
                 row = tuple(_vector_bytes(v) for v in row)
                 literal = cur.mogrify("(" + ", ".join(["%s"] * len(row)) + ")", row)
-                if len(literal) + len(head) > limit:
+                if len(literal) > limit:
                     raise SqlvisionError(
                         f"a row of {len(literal) / 2**20:.1f} MB for {table} exceeds the server's "
-                        f"max_allowed_packet ({limit / 2**20:.0f} MB)",
+                        f"max_allowed_packet ({self.max_packet() / 2**20:.0f} MB)",
                         "raise it (SET GLOBAL max_allowed_packet = 1073741824, as an admin), or "
                         "ingest with --reference to keep the bytes out of the database")
-                if rows and size + len(literal) > min(limit, _STATEMENT_BYTES):
+                if rows and size + len(literal) > budget:
                     cur.execute(head + ",".join(rows))
                     rows, size = [], 0
                 rows.append(literal)
@@ -159,8 +160,8 @@ class MySQLBackend(ServerBackend):
         return self._max_packet
 
     def too_large(self, value: bytes) -> str | None:
-        # A blob travels escaped inside the INSERT of its row: count the escaped bytes.
-        wire = len(value) + sum(value.count(c) for c in _ESCAPED) + 64 * 1024
+        # PyMySQL sends bytes as a hex literal (twice their size) inside the INSERT of the row.
+        wire = 2 * len(value) + 64 * 1024
         if wire <= self.max_packet():
             return None
         return (f"{len(value) / 2**20:.1f} MB is more than the server's max_allowed_packet "

@@ -74,7 +74,10 @@ def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
 def _save_parts(backend: Backend, bundle: ModelBundle, part: str, value: bytes) -> None:
     if not backend.table_exists(PARTS):
         backend.create_table(PARTS, PART_COLUMNS, primary_key=("name", "version", "part", "seq"))
-    pieces = [value[i:i + PART_BYTES] for i in range(0, len(value), PART_BYTES)]
+    size = PART_BYTES
+    while size > 4096 and backend.too_large(bytes(size)):
+        size //= 2
+    pieces = [value[i:i + size] for i in range(0, len(value), size)]
     n = len(pieces)
     backend.insert(PARTS, pa.table({
         "name": [bundle.name] * n, "version": [bundle.version] * n, "part": [part] * n,

@@ -52,7 +52,7 @@ def select_rows(backend: Backend, table: ImageTable, where: str | None = None) -
     unlabeled = backend.scalar(
         f"SELECT count(*) FROM {backend.quote(table.name)} WHERE {base} AND {q(table.label)} IS NULL")
     return Selection(ids=rows.column(0).to_pylist(),
-                     labels=[str(v) for v in rows.column(1).to_pylist()],
+                     labels=[str(table.label_of(v)) for v in rows.column(1).to_pylist()],
                      splits=[None if v is None else str(v) for v in rows.column(2).to_pylist()],
                      unlabeled=int(unlabeled or 0))
 
