@@ -23,6 +23,9 @@ SHARED_DATA = Path(os.environ.get("SQLVISION_SHARED_DATA", REPO.parent / "shared
 EMBEDDED_BACKENDS = ("duckdb", "sqlite")
 SERVER_BACKENDS = ("postgresql", "mariadb")
 BACKENDS = EMBEDDED_BACKENDS + SERVER_BACKENDS
+# as parameters: the server ones carry the ``server`` marker (pytest -m "not server" skips them)
+BACKEND_PARAMS = [*EMBEDDED_BACKENDS,
+                  *(pytest.param(kind, marks=pytest.mark.server) for kind in SERVER_BACKENDS)]
 # The servers every machine of the project's kind runs (see scripts/setup-services.sh).
 SERVER_URLS = {
     "postgresql": os.environ.get("SQLVISION_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -78,7 +81,7 @@ def fresh_database(kind: str, folder: Path) -> Iterator[str]:
             cur.execute(f"DROP DATABASE `{name}`")
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKEND_PARAMS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with fresh_database(request.param, tmp_path) as url:
         yield url

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import sqlvision as sv
-from tests.conftest import BACKENDS, SAMPLE, fresh_database
+from tests.conftest import BACKEND_PARAMS, SAMPLE, fresh_database
 
 FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def trained(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[sv.Database]:
     """A database with the Fashion-MNIST sample and model ``fm`` (trained once per backend)."""

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 import sqlvision as sv
-from tests.conftest import BACKENDS, REPO, SAMPLE, SERVER_BACKENDS, SERVER_URLS, fresh_database
+from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE, SERVER_BACKENDS, SERVER_URLS, fresh_database
 
 FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
 
 
-@pytest.fixture(params=SERVER_BACKENDS)
+@pytest.fixture(params=[pytest.param(kind, marks=pytest.mark.server) for kind in SERVER_BACKENDS])
 def server_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with fresh_database(request.param, tmp_path) as url:
         yield url
@@ -81,6 +81,7 @@ def test_connection_lost_mid_predict_fails_cleanly_and_a_rerun_completes(
         assert counts == [(600, 600)]
 
 
+@pytest.mark.server
 def test_mariadb_packet_limit_skips_big_images_and_splits_big_models(tmp_path: Path) -> None:
     with fresh_database("mariadb", tmp_path) as url:
         admin_execute("mariadb", "SET GLOBAL max_allowed_packet = 1048576")
@@ -113,6 +114,7 @@ def test_mariadb_packet_limit_skips_big_images_and_splits_big_models(tmp_path: P
             admin_execute("mariadb", "SET GLOBAL max_allowed_packet = 16777216")
 
 
+@pytest.mark.server
 def test_pgvector_similarity_agrees_with_the_plain_scan(tmp_path: Path) -> None:
     from sqlvision.embed import nearest_by_scan, nearest_in_database
 
@@ -133,6 +135,7 @@ def test_pgvector_similarity_agrees_with_the_plain_scan(tmp_path: Path) -> None:
         assert hits.to_pylist()[0]["id"] == 7
 
 
+@pytest.mark.server
 def test_mariadb_walkthrough_example_runs_end_to_end(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     path = REPO / "examples" / "mariadb_fashion_mnist" / "walkthrough.py"
@@ -158,7 +161,7 @@ def test_mariadb_walkthrough_example_runs_end_to_end(tmp_path: Path,
         assert (tmp_path / "out" / name).exists()
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.parametrize("kind", BACKEND_PARAMS)
 def test_clothing_validation_gives_341_predictions(kind: str, tmp_path: Path,
                                                    shared_data: Path) -> None:
     with fresh_database(kind, tmp_path) as url, sv.connect(url) as db:
