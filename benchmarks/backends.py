@@ -7,9 +7,10 @@
   database of the local MariaDB);
 - predict: `sqlvision predict` of the first --rows rows with a small CNN at 64 px (cheap
   inference, so the database path shows), end to end into sv_predictions;
-- bulk writes: the same Arrow batch of image rows written by sqlvision's path (PostgreSQL:
-  binary COPY; MariaDB: multi-row INSERTs) and by the driver's executemany with one
-  parameter row per image (what a hand-written loader does).
+- bulk writes: the same Arrow batch written by sqlvision's path (PostgreSQL: binary COPY;
+  MariaDB: LOAD DATA LOCAL, and its multi-row INSERT fallback) and by the driver's executemany
+  with one parameter row per row (what a hand-written loader does); once with image rows
+  (the ingest shape), once with 50,000 prediction rows (the write-back shape).
 
 Best of --repeat for each; ratios against DuckDB (ingest, predict) or executemany (bulk).
 """
@@ -30,9 +31,12 @@ import numpy as np
 import pyarrow as pa
 
 import sqlvision as sv
+from sqlvision.catalog import utcnow
+from sqlvision.db.base import Column, arrow_schema
 from sqlvision.models import registry
 from sqlvision.models.architectures import create
 from sqlvision.models.export import bundle_from_torch
+from sqlvision.predict.batch import PREDICTION_COLUMNS
 from sqlvision.preprocess import PreprocessSpec
 
 SHARED = Path(os.environ.get("SQLVISION_SHARED_DATA",
@@ -101,23 +105,40 @@ def image_batch(images: Path, n: int) -> pa.Table:
                      "uri": files, "data": [Path(f).read_bytes() for f in files]})
 
 
-def time_bulk(engine: str, folder: Path, batch: pa.Table, how: str) -> float:
-    """Write ``batch`` into a fresh table by sqlvision's bulk path or by executemany."""
-    from sqlvision.db.base import Column
+IMAGE_COLUMNS = [Column("id", "bigint", primary_key=True), Column("uri", "key"),
+                 Column("data", "blob")]
+PREDICTION_ROWS = 50_000
 
-    columns = [Column("id", "bigint", primary_key=True), Column("uri", "key"), Column("data", "blob")]
-    with fresh(engine, folder) as url, sv.connect(url) as db:
-        b = db.backend
-        b.create_table("bulk", columns)
-        start = time.perf_counter()
-        if how == "sqlvision":
-            with b.transaction():
-                b.insert("bulk", batch)
-        else:  # the driver's executemany, one parameter row per image
+
+def prediction_batch() -> pa.Table:
+    """Rows shaped like sv_predictions (the write-back shape): small, many."""
+    n = PREDICTION_ROWS
+    rng = np.random.default_rng(0)
+    data = {"source_table": ["photos"] * n, "image_id": list(range(n)), "model": ["m"] * n,
+            "model_version": [1] * n, "label": [f"class{i % 10}" for i in range(n)],
+            "confidence": rng.random(n).tolist(), "predicted_at": [utcnow()] * n}
+    return pa.table(data, schema=arrow_schema(PREDICTION_COLUMNS[:6] + PREDICTION_COLUMNS[8:]))
+
+
+def time_bulk(engine: str, folder: Path, batch: pa.Table, columns: list[Column], how: str) -> float:
+    """Write ``batch`` into a fresh table by sqlvision's bulk path (``how``: sqlvision, or
+    sqlvision-insert for MariaDB's INSERT fallback) or by the driver's executemany."""
+    with fresh(engine, folder) as base:
+        url = base + ("?local_infile=0" if how == "sqlvision-insert" else "")
+        with sv.connect(url) as db:
+            b = db.backend
+            b.create_table("bulk", columns)
+            names = ", ".join(b.quote_column(c) for c in batch.column_names)
             rows = list(zip(*(c.to_pylist() for c in batch.columns), strict=True))
-            with b.transaction(), b.con.cursor() as cur:  # type: ignore[attr-defined]
-                cur.executemany(f"INSERT INTO {b.quote('bulk')} (id, uri, data) "
-                                "VALUES (%s, %s, %s)", rows)
+            start = time.perf_counter()
+            if how.startswith("sqlvision"):
+                with b.transaction():
+                    b.insert("bulk", batch)
+            else:  # the driver's executemany, one parameter row per row
+                marks = ", ".join(["%s"] * batch.num_columns)
+                with b.transaction(), b.con.cursor() as cur:  # type: ignore[attr-defined]
+                    cur.executemany(f"INSERT INTO {b.quote('bulk')} ({names}) VALUES ({marks})",
+                                    rows)
         elapsed = time.perf_counter() - start
         assert b.scalar(f"SELECT count(*) FROM {b.quote('bulk')}") == batch.num_rows
         return elapsed
@@ -146,16 +167,23 @@ def main() -> None:
         for e, s in pred.items():
             print(f"  {e:<11} {s:7.3f} s  {args.rows / s:8,.0f} images/s  "
                   f"{pred['duckdb'] / s if 'duckdb' in pred else float('nan'):5.2f}x DuckDB")
-        batch = image_batch(args.images, n_files)
-        mb = sum(len(x) for x in batch.column("data").to_pylist()) / 2**20
-        print(f"bulk writes: {batch.num_rows} image rows ({mb:.0f} MiB) in one transaction, "
-              f"best of {args.repeat}")
-        for e in (x for x in engines if x in ("postgresql", "mariadb")):
-            fast = best_of(args.repeat, lambda e=e: time_bulk(e, folder, batch, "sqlvision"))
-            slow = best_of(args.repeat, lambda e=e: time_bulk(e, folder, batch, "executemany"))
-            path = "binary COPY" if e == "postgresql" else "multi-row INSERT"
-            print(f"  {e:<11} {path}: {fast:6.3f} s, executemany: {slow:6.3f} s -> "
-                  f"{slow / fast:5.2f}x")
+        images = image_batch(args.images, n_files)
+        mb = sum(len(x) for x in images.column("data").to_pylist()) / 2**20
+        shapes = [(f"{images.num_rows} image rows ({mb:.0f} MiB)", images, IMAGE_COLUMNS),
+                  (f"{PREDICTION_ROWS:,} prediction rows", prediction_batch(),
+                   list(PREDICTION_COLUMNS[:6] + PREDICTION_COLUMNS[8:]))]
+        for what, batch, columns in shapes:
+            print(f"bulk writes: {what} in one transaction, best of {args.repeat}")
+            for e in (x for x in engines if x in ("postgresql", "mariadb")):
+                paths = ([("binary COPY", "sqlvision")] if e == "postgresql" else
+                         [("LOAD DATA LOCAL", "sqlvision"), ("multi-row INSERT", "sqlvision-insert")])
+                slow = best_of(args.repeat,
+                               lambda e=e, b=batch, c=columns: time_bulk(e, folder, b, c, "executemany"))
+                for label, how in paths:
+                    fast = best_of(args.repeat, lambda e=e, b=batch, c=columns, h=how:
+                                   time_bulk(e, folder, b, c, h))
+                    print(f"  {e:<11} {label + ':':<18} {fast:6.3f} s, executemany: {slow:6.3f} s "
+                          f"-> {slow / fast:5.2f}x")
     sys.stdout.flush()
 
 

@@ -177,3 +177,41 @@ def test_clothing_validation_gives_341_predictions(kind: str, tmp_path: Path,
         assert db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall() \
             == [(341, 341)]
 
+
+
+@pytest.mark.server
+def test_mariadb_load_data_and_insert_paths_store_the_same_values(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+    import pymysql
+
+    from sqlvision.db.base import Column, arrow_schema
+
+    columns = [Column("id", "bigint", primary_key=True), Column("name", "text"),
+               Column("data", "blob"), Column("at", "timestamp"), Column("flag", "bool"),
+               Column("score", "double"), Column("vec", "vector")]
+    tricky = bytes(range(256)) + b"\\N\t\n\0\\\\'\""
+    batch = pa.table({
+        "id": [1, 2, 3], "name": ["caf\u00e9 \t tab", None, "back\\slash\nnew"],
+        "data": [tricky, b"", None], "at": [dt.datetime(2026, 11, 22, 1, 2, 3, 456789), None,
+                                            dt.datetime(2000, 1, 1)],
+        "flag": [True, False, None], "score": [0.1, None, -1e300], "vec": [[1.5, -2.0], None, []],
+    }, schema=arrow_schema(columns))
+    with fresh_database("mariadb", tmp_path) as url:
+        stored = []
+        for suffix in ("", "?local_infile=0"):
+            with sv.connect(url + suffix) as db:
+                assert db.backend.local_infile == (suffix == "")  # type: ignore[attr-defined]
+                db.backend.create_table(f"t{len(stored)}", columns)
+                with db.backend.transaction():
+                    db.backend.insert(f"t{len(stored)}", batch)
+                stored.append(db.sql(f"SELECT * FROM t{len(stored)} ORDER BY id").to_pylist())
+                # LOAD DATA LOCAL would only warn about a duplicate key: it must fail and roll back
+                with pytest.raises((sv.SqlvisionError, pymysql.err.IntegrityError),
+                                   match="Duplicate"), db.backend.transaction():
+                    db.backend.insert(f"t{len(stored) - 1}", batch.slice(0, 1))
+                assert db.sql(f"SELECT count(*) FROM t{len(stored) - 1}").scalar() == 3
+    assert stored[0] == stored[1]
+    assert stored[0][0]["data"] == tricky and stored[0][2]["name"] == "back\\slash\nnew"
+    assert stored[0][0]["at"] == dt.datetime(2026, 11, 22, 1, 2, 3, 456789)

@@ -1,11 +1,17 @@
-"""MariaDB and MySQL through PyMySQL: multi-row INSERTs for bulk writes, unbuffered reads.
+"""MariaDB and MySQL through PyMySQL: LOAD DATA LOCAL or multi-row INSERTs for bulk writes,
+unbuffered reads.
 
 URL: ``mysql://user:password@host:port/database`` (``mariadb://`` is the same). Query
-parameters: ``unix_socket``, ``connect_timeout``.
+parameters: ``unix_socket``, ``connect_timeout``, ``local_infile=0`` (never use LOAD DATA
+LOCAL: it lets the server ask the client for a file, so turn it off for a server you do not
+trust).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -23,13 +29,33 @@ from sqlvision.errors import SqlvisionError
 
 # Client and server error codes that mean the connection is gone.
 _DISCONNECT_CODES = {1053, 1927, 2003, 2006, 2013, 2055, 4031}
-_PACKET_TOO_LARGE = 1153
 _STATEMENT_BYTES = 4 * 1024 * 1024  # one multi-row INSERT carries up to this much
+_LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 4166}  # the server or client does not allow it
 
 
 def _vector_bytes(value: Any) -> Any:
     """Vectors (embeddings) as float32 bytes, as on SQLite; read back by ``embed.as_vector``."""
     return np.asarray(value, np.float32).tobytes() if isinstance(value, list) else value
+
+
+def _field(value: Any) -> bytes:
+    """One value as a LOAD DATA field: ``\\N`` for NULL, text as UTF-8, bytes as they are,
+    with the backslash, tab, newline and NUL escaped."""
+    if value is None:
+        return b"\\N"
+    if isinstance(value, bool):
+        return b"1" if value else b"0"
+    if isinstance(value, int | np.integer):
+        return b"%d" % value
+    if isinstance(value, float | np.floating):
+        return repr(float(value)).encode()
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ").encode()
+    if isinstance(value, list):
+        value = np.asarray(value, np.float32).tobytes()
+    raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
+    return (raw.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
+            .replace(b"\0", b"\\0"))
 
 
 class MySQLBackend(ServerBackend):
@@ -53,6 +79,7 @@ class MySQLBackend(ServerBackend):
 
     def __init__(self, url: DatabaseURL) -> None:
         self._options = dict(parse_qsl(url.query))
+        self.local_infile = self._options.get("local_infile", "1") != "0"
         super().__init__(url)
         self._max_packet = int(self.scalar("SELECT @@max_allowed_packet"))
 
@@ -61,7 +88,7 @@ class MySQLBackend(ServerBackend):
         params: dict[str, Any] = {
             "host": u.host or "localhost", "port": u.port or 3306, "user": u.user or "root",
             "password": u.password or "", "database": u.database, "charset": "utf8mb4",
-            "autocommit": True, "binary_prefix": True,
+            "autocommit": True, "local_infile": self.local_infile,
             "connect_timeout": int(self._options.get("connect_timeout", 10)),
         }
         if "unix_socket" in self._options:
@@ -127,9 +154,46 @@ class MySQLBackend(ServerBackend):
 
     # -- bulk data ------------------------------------------------------------------------------------
     def insert(self, table: str, data: pa.Table) -> None:
-        """Multi-row INSERTs of up to a few MB each; a row over ``max_allowed_packet`` is named."""
+        """Rows with bytes (images, models) go through LOAD DATA LOCAL, which sends them as they
+        are; other rows, or a server that refuses it, through multi-row INSERTs."""
         if not data.num_rows:
             return
+        if self.local_infile and any(pa.types.is_binary(t) or pa.types.is_large_binary(t)
+                                     for t in data.schema.types):
+            try:
+                self._load_data(table, data)
+                return
+            except pymysql.err.OperationalError as exc:
+                if not exc.args or exc.args[0] not in _LOCAL_INFILE_REFUSED:
+                    raise
+                self.local_infile = False
+        self._insert_statements(table, data)
+
+    def _load_data(self, table: str, data: pa.Table) -> None:
+        """``LOAD DATA LOCAL INFILE`` from a temporary tab-separated file of escaped bytes."""
+        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        fd, path = tempfile.mkstemp(prefix="sqlvision-", suffix=".tsv")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for row in self._rows(data):
+                    f.write(b"\t".join(_field(v) for v in row) + b"\n")
+            with self.guard(), self.con.cursor() as cur:
+                loaded = cur.execute(
+                    f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.quote(table)} CHARACTER SET binary "
+                    "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
+                    f"({cols})", [path])
+                if loaded != data.num_rows:
+                    # LOCAL turns errors (a duplicate key, a bad value) into warnings: make
+                    # them errors again, so the caller's transaction rolls back.
+                    cur.execute("SHOW WARNINGS LIMIT 3")
+                    warnings = "; ".join(str(w[2]) for w in cur.fetchall())
+                    raise SqlvisionError(f"{table}: {loaded} of {data.num_rows} rows loaded "
+                                         f"({warnings})", "nothing of this batch was kept")
+        finally:
+            os.unlink(path)
+
+    def _insert_statements(self, table: str, data: pa.Table) -> None:
+        """Multi-row INSERTs of up to a few MB each; a row over ``max_allowed_packet`` is named."""
         cols = ", ".join(self.quote_column(c) for c in data.column_names)
         head = f"INSERT INTO {self.quote(table)} ({cols}) VALUES "
         # characters, not bytes: keep a margin for multi-byte text and the protocol's header
