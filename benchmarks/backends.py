@@ -129,19 +129,19 @@ def time_bulk(engine: str, folder: Path, batch: pa.Table, columns: list[Column],
             b = db.backend
             b.create_table("bulk", columns)
             names = ", ".join(b.quote_column(c) for c in batch.column_names)
-            rows = list(zip(*(c.to_pylist() for c in batch.columns), strict=True))
-            start = time.perf_counter()
+            start = time.perf_counter()  # both start from the same Arrow batch
             if how.startswith("sqlvision"):
                 with b.transaction():
                     b.insert("bulk", batch)
             else:  # the driver's executemany, one parameter row per row
+                rows = list(zip(*(c.to_pylist() for c in batch.columns), strict=True))
                 marks = ", ".join(["%s"] * batch.num_columns)
                 with b.transaction(), b.con.cursor() as cur:  # type: ignore[attr-defined]
                     cur.executemany(f"INSERT INTO {b.quote('bulk')} ({names}) VALUES ({marks})",
                                     rows)
-        elapsed = time.perf_counter() - start
-        assert b.scalar(f"SELECT count(*) FROM {b.quote('bulk')}") == batch.num_rows
-        return elapsed
+            elapsed = time.perf_counter() - start
+            assert b.scalar(f"SELECT count(*) FROM {b.quote('bulk')}") == batch.num_rows
+            return elapsed
 
 
 def main() -> None:
@@ -150,20 +150,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1000, help="rows to predict")
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--parts", default="ingest,predict,bulk")
     args = parser.parse_args()
     engines = args.engines.split(",")
     n_files = sum(1 for _ in args.images.rglob("*.jpg"))
     with tempfile.TemporaryDirectory(dir=os.environ.get("SQLVISION_BENCH_DIR")) as tmp:
         folder = Path(tmp)
+        parts = args.parts.split(",")
         print(f"ingest: {n_files} JPEGs from {args.images}, best of {args.repeat}")
         ingest = {e: best_of(args.repeat, lambda e=e: time_ingest(e, folder, args.images))
-                  for e in engines}
+                  for e in engines if "ingest" in parts}
         for e, s in ingest.items():
             print(f"  {e:<11} {s:7.3f} s  {n_files / s:8,.0f} files/s  "
                   f"{ingest['duckdb'] / s if 'duckdb' in ingest else float('nan'):5.2f}x DuckDB")
         print(f"predict: {args.rows} rows, sv_cnn_small at 64 px, best of {args.repeat}")
         pred = {e: best_of(args.repeat, lambda e=e: time_predict(e, folder, args.images, args.rows))
-                for e in engines}
+                for e in engines if "predict" in parts}
         for e, s in pred.items():
             print(f"  {e:<11} {s:7.3f} s  {args.rows / s:8,.0f} images/s  "
                   f"{pred['duckdb'] / s if 'duckdb' in pred else float('nan'):5.2f}x DuckDB")
@@ -172,11 +174,13 @@ def main() -> None:
         shapes = [(f"{images.num_rows} image rows ({mb:.0f} MiB)", images, IMAGE_COLUMNS),
                   (f"{PREDICTION_ROWS:,} prediction rows", prediction_batch(),
                    list(PREDICTION_COLUMNS[:6] + PREDICTION_COLUMNS[8:]))]
-        for what, batch, columns in shapes:
+        for what, batch, columns in shapes if "bulk" in parts else []:
             print(f"bulk writes: {what} in one transaction, best of {args.repeat}")
             for e in (x for x in engines if x in ("postgresql", "mariadb")):
+                has_bytes = "data" in batch.column_names
                 paths = ([("binary COPY", "sqlvision")] if e == "postgresql" else
-                         [("LOAD DATA LOCAL", "sqlvision"), ("multi-row INSERT", "sqlvision-insert")])
+                         [("LOAD DATA LOCAL", "sqlvision"), ("multi-row INSERT", "sqlvision-insert")]
+                         if has_bytes else [("multi-row INSERT", "sqlvision")])
                 slow = best_of(args.repeat,
                                lambda e=e, b=batch, c=columns: time_bulk(e, folder, b, c, "executemany"))
                 for label, how in paths:

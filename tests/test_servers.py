@@ -215,3 +215,17 @@ def test_mariadb_load_data_and_insert_paths_store_the_same_values(tmp_path: Path
     assert stored[0] == stored[1]
     assert stored[0][0]["data"] == tricky and stored[0][2]["name"] == "back\\slash\nnew"
     assert stored[0][0]["at"] == dt.datetime(2026, 11, 22, 1, 2, 3, 456789)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", SERVER_BACKENDS)
+def test_cli_wrong_credentials_is_one_line_without_the_password(
+        kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlvision.cli import main
+
+    host = "127.0.0.1:5432/test" if kind == "postgresql" else "127.0.0.1:3306/test"
+    scheme = "postgresql" if kind == "postgresql" else "mariadb"
+    code = main(["tables", "--db", f"{scheme}://sv_nobody:Pa55-w0rd@{host}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "Pa55-w0rd" not in err and "sv_nobody:***@" in err and "cannot connect" in err

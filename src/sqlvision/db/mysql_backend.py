@@ -193,31 +193,21 @@ class MySQLBackend(ServerBackend):
             os.unlink(path)
 
     def _insert_statements(self, table: str, data: pa.Table) -> None:
-        """Multi-row INSERTs of up to a few MB each; a row over ``max_allowed_packet`` is named."""
+        """Multi-row INSERTs (PyMySQL's executemany batches the rows into statements of up to
+        a few MB); a value over ``max_allowed_packet`` is named before anything is sent."""
+        rows = [tuple(_vector_bytes(v) for v in row) for row in self._rows(data)]
+        largest = max((len(v) for row in rows for v in row if isinstance(v, bytes)), default=0)
+        if largest and self.too_large(b"\0" * largest):
+            raise SqlvisionError(
+                f"a value of {largest / 2**20:.1f} MB for {table} exceeds the server's "
+                f"max_allowed_packet ({self.max_packet() / 2**20:.0f} MB)",
+                "raise it (SET GLOBAL max_allowed_packet = 1073741824, as an admin), or "
+                "ingest with --reference to keep the bytes out of the database")
         cols = ", ".join(self.quote_column(c) for c in data.column_names)
-        head = f"INSERT INTO {self.quote(table)} ({cols}) VALUES "
-        # characters, not bytes: keep a margin for multi-byte text and the protocol's header
-        limit = int(self.max_packet() * 0.9) - len(head)
-        budget = min(limit, _STATEMENT_BYTES)
-        rows: list[str] = []
-        size = 0
+        marks = ", ".join(["%s"] * data.num_columns)
         with self.guard(), self.con.cursor() as cur:
-            for row in self._rows(data):
-                row = tuple(_vector_bytes(v) for v in row)
-                literal = cur.mogrify("(" + ", ".join(["%s"] * len(row)) + ")", row)
-                if len(literal) > limit:
-                    raise SqlvisionError(
-                        f"a row of {len(literal) / 2**20:.1f} MB for {table} exceeds the server's "
-                        f"max_allowed_packet ({self.max_packet() / 2**20:.0f} MB)",
-                        "raise it (SET GLOBAL max_allowed_packet = 1073741824, as an admin), or "
-                        "ingest with --reference to keep the bytes out of the database")
-                if rows and size + len(literal) > budget:
-                    cur.execute(head + ",".join(rows))
-                    rows, size = [], 0
-                rows.append(literal)
-                size += len(literal) + 1
-            if rows:
-                cur.execute(head + ",".join(rows))
+            cur.max_stmt_length = min(int(self.max_packet() * 0.9), _STATEMENT_BYTES)
+            cur.executemany(f"INSERT INTO {self.quote(table)} ({cols}) VALUES ({marks})", rows)
 
     def max_packet(self) -> int:
         """The server's ``max_allowed_packet`` in bytes."""
