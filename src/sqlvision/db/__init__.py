@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from sqlvision.db.base import Backend, Column, arrow_schema
@@ -34,40 +35,29 @@ def open_backend(url: str | DatabaseURL | None = None) -> Backend:
     return factory(parsed)
 
 
-def _duckdb(url: DatabaseURL) -> Backend:
-    from sqlvision.db.duckdb_backend import DuckDBBackend
+def _lazy(module: str, cls: str, needs: str | None = None, extra: str | None = None
+          ) -> BackendFactory:
+    """A factory that imports the backend's module on first use (so ``import sqlvision`` loads
+    no driver), naming the extra to install when the driver is missing."""
+    def factory(url: DatabaseURL) -> Backend:
+        try:
+            backend_class = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:
+            if needs is None:
+                raise
+            raise MissingDependencyError(f"{needs} ({exc})", f'pip install "sqlvision[{extra}]"'
+                                         ) from None
+        return backend_class(url)
 
-    return DuckDBBackend(url)
-
-
-def _sqlite(url: DatabaseURL) -> Backend:
-    from sqlvision.db.sqlite_backend import SQLiteBackend
-
-    return SQLiteBackend(url)
-
-
-def _postgresql(url: DatabaseURL) -> Backend:
-    try:
-        from sqlvision.db.postgres_backend import PostgresBackend
-    except ImportError as exc:
-        raise MissingDependencyError(f"PostgreSQL needs psycopg ({exc})",
-                                     'pip install "sqlvision[postgres]"') from None
-    return PostgresBackend(url)
+    return factory
 
 
-def _mysql(url: DatabaseURL) -> Backend:
-    try:
-        from sqlvision.db.mysql_backend import MySQLBackend
-    except ImportError as exc:
-        raise MissingDependencyError(f"MariaDB and MySQL need PyMySQL ({exc})",
-                                     'pip install "sqlvision[mysql]"') from None
-    return MySQLBackend(url)
-
-
-register_backend("duckdb", _duckdb)
-register_backend("sqlite", _sqlite)
-register_backend("postgresql", _postgresql)
-register_backend("mysql", _mysql)
+register_backend("duckdb", _lazy("sqlvision.db.duckdb_backend", "DuckDBBackend"))
+register_backend("sqlite", _lazy("sqlvision.db.sqlite_backend", "SQLiteBackend"))
+register_backend("postgresql", _lazy("sqlvision.db.postgres_backend", "PostgresBackend",
+                                     "PostgreSQL needs psycopg", "postgres"))
+register_backend("mysql", _lazy("sqlvision.db.mysql_backend", "MySQLBackend",
+                                "MariaDB and MySQL need PyMySQL", "mysql"))
 
 __all__ = [
     "Backend",

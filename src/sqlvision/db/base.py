@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 
 from sqlvision.db.identifiers import quote_identifier, quote_name, split_name
@@ -59,6 +60,12 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
     """The Arrow schema matching a column list, used to build insert batches."""
     return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
+
+
+def vector_bytes(value: Any) -> Any:
+    """A vector (a list of floats) as float32 bytes, for engines without an array type (SQLite,
+    MariaDB); other values unchanged. ``sqlvision.embed.as_vector`` reads them back."""
+    return np.asarray(value, np.float32).tobytes() if isinstance(value, list) else value
 
 
 def _column_array(values: list[Any]) -> pa.Array:
@@ -275,8 +282,9 @@ class Backend(ABC):
             f"WHERE s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
             f"AND {where}", params)
 
-    def too_large(self, value: bytes) -> str | None:
-        """Why ``value`` (an image's bytes) cannot be stored here, or ``None`` if it can."""
+    def too_large(self, n_bytes: int) -> str | None:
+        """Why a value of ``n_bytes`` (an image, a model) cannot be stored in one statement here,
+        or ``None`` if it can."""
         return None
 
     def _rows(self, data: pa.Table) -> list[tuple[Any, ...]]:
@@ -293,3 +301,31 @@ class Backend(ABC):
             f"{self.dialect} cannot run Python functions inside SQL",
             "use batch prediction, which writes results back to a table",
         )
+
+
+class InformationSchemaBackend(Backend):
+    """An engine whose catalog is the SQL standard's ``information_schema`` (DuckDB, MariaDB):
+    table lookups come from :meth:`_where_name`, the engine's way to pin a name down."""
+
+    #: the condition on ``information_schema.tables`` that selects the current schema's tables
+    current_schema_sql: ClassVar[str]
+
+    @abstractmethod
+    def _where_name(self, name: str) -> tuple[str, list[Any]]:
+        """A condition (and its parameters) on ``information_schema`` rows naming ``name``."""
+
+    def table_exists(self, name: str) -> bool:
+        where, params = self._where_name(name)
+        return bool(self.scalar(f"SELECT count(*) FROM information_schema.tables WHERE {where}",
+                                params))
+
+    def table_columns(self, name: str) -> list[str]:
+        where, params = self._where_name(name)
+        rows = self.query(f"SELECT column_name FROM information_schema.columns WHERE {where} "
+                          "ORDER BY ordinal_position", params)
+        return rows.column(0).to_pylist()
+
+    def list_tables(self) -> list[str]:
+        rows = self.query("SELECT table_name FROM information_schema.tables "
+                          f"WHERE {self.current_schema_sql} ORDER BY table_name")
+        return rows.column(0).to_pylist()

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from sqlvision.db.base import Backend, Column
+from sqlvision.db.base import Column, InformationSchemaBackend
 from sqlvision.db.identifiers import quote_identifier, split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
@@ -28,10 +28,11 @@ def _to_arrow(relation: Any) -> pa.Table:
     return relation.fetch_arrow_table()  # duckdb < 1.4
 
 
-class DuckDBBackend(Backend):
+class DuckDBBackend(InformationSchemaBackend):
     """A DuckDB database file (or ``:memory:``)."""
 
     dialect = "duckdb"
+    current_schema_sql = "table_schema = current_schema() AND table_catalog = current_database()"
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "BIGINT",
         "int": "INTEGER",
@@ -133,34 +134,13 @@ class DuckDBBackend(Backend):
     def _where_name(self, name: str) -> tuple[str, list[Any]]:
         parts = split_name(name)
         table = parts[-1]
-        here = "table_catalog = current_database()"
         if len(parts) == 1:
-            return f"table_name = ? AND table_schema = current_schema() AND {here}", [table]
+            return f"table_name = ? AND {self.current_schema_sql}", [table]
+        here = "table_catalog = current_database()"
         if len(parts) == 2:
             return f"table_name = ? AND table_schema = ? AND {here}", [table, parts[0]]
         return "table_name = ? AND table_schema = ? AND table_catalog = ?", [table, parts[1],
                                                                                parts[0]]
-
-    def table_exists(self, name: str) -> bool:
-        where, params = self._where_name(name)
-        return bool(self.scalar(f"SELECT count(*) FROM information_schema.tables WHERE {where}",
-                                params))
-
-    def table_columns(self, name: str) -> list[str]:
-        where, params = self._where_name(name)
-        rows = self.query(
-            f"SELECT column_name FROM information_schema.columns WHERE {where} "
-            "ORDER BY ordinal_position",
-            params,
-        )
-        return rows.column(0).to_pylist()
-
-    def list_tables(self) -> list[str]:
-        rows = self.query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-            "AND table_catalog = current_database() ORDER BY table_name"
-        )
-        return rows.column(0).to_pylist()
 
     def _with_view(self, data: pa.Table, sql_template: str) -> None:
         view = f"sv_batch_{next(_view_ids)}"

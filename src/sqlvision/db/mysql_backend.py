@@ -21,7 +21,7 @@ import pyarrow as pa
 import pymysql
 import pymysql.cursors
 
-from sqlvision.db.base import Column
+from sqlvision.db.base import Column, InformationSchemaBackend, vector_bytes
 from sqlvision.db.identifiers import split_name
 from sqlvision.db.server import ServerBackend
 from sqlvision.db.url import DatabaseURL
@@ -31,11 +31,6 @@ from sqlvision.errors import SqlvisionError
 _DISCONNECT_CODES = {1053, 1927, 2003, 2006, 2013, 2055, 4031}
 _STATEMENT_BYTES = 4 * 1024 * 1024  # one multi-row INSERT carries up to this much
 _LOCAL_INFILE_REFUSED = {1148, 2068, 3948, 4166}  # the server or client does not allow it
-
-
-def _vector_bytes(value: Any) -> Any:
-    """Vectors (embeddings) as float32 bytes, as on SQLite; read back by ``embed.as_vector``."""
-    return np.asarray(value, np.float32).tobytes() if isinstance(value, list) else value
 
 
 def _field(value: Any) -> bytes:
@@ -51,17 +46,17 @@ def _field(value: Any) -> bytes:
         return repr(float(value)).encode()
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ").encode()
-    if isinstance(value, list):
-        value = np.asarray(value, np.float32).tobytes()
+    value = vector_bytes(value)
     raw = bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
     return (raw.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n")
             .replace(b"\0", b"\\0"))
 
 
-class MySQLBackend(ServerBackend):
+class MySQLBackend(ServerBackend, InformationSchemaBackend):
     """A MariaDB (or MySQL) database."""
 
     dialect = "mysql"
+    current_schema_sql = "table_schema = DATABASE()"
     quote_char = "`"
     connection_errors = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
     type_names: ClassVar[dict[str, str]] = {
@@ -118,23 +113,7 @@ class MySQLBackend(ServerBackend):
             raise SqlvisionError(f"bad MariaDB name {name!r}", "use NAME or DATABASE.NAME")
         if len(parts) == 2:
             return "table_schema = ? AND table_name = ?", parts
-        return "table_schema = DATABASE() AND table_name = ?", parts
-
-    def table_exists(self, name: str) -> bool:
-        where, params = self._where_name(name)
-        return bool(self.scalar(f"SELECT count(*) FROM information_schema.tables WHERE {where}",
-                                params))
-
-    def table_columns(self, name: str) -> list[str]:
-        where, params = self._where_name(name)
-        rows = self.query(f"SELECT column_name FROM information_schema.columns WHERE {where} "
-                          "ORDER BY ordinal_position", params)
-        return rows.column(0).to_pylist()
-
-    def list_tables(self) -> list[str]:
-        rows = self.query("SELECT table_name FROM information_schema.tables "
-                          "WHERE table_schema = DATABASE() ORDER BY table_name")
-        return rows.column(0).to_pylist()
+        return f"{self.current_schema_sql} AND table_name = ?", parts
 
     def column_type(self, column: Column) -> str:
         if column.type == "key" and column.max_chars:
@@ -195,9 +174,9 @@ class MySQLBackend(ServerBackend):
     def _insert_statements(self, table: str, data: pa.Table) -> None:
         """Multi-row INSERTs (PyMySQL's executemany batches the rows into statements of up to
         a few MB); a value over ``max_allowed_packet`` is named before anything is sent."""
-        rows = [tuple(_vector_bytes(v) for v in row) for row in self._rows(data)]
+        rows = [tuple(vector_bytes(v) for v in row) for row in self._rows(data)]
         largest = max((len(v) for row in rows for v in row if isinstance(v, bytes)), default=0)
-        if largest and self.too_large(b"\0" * largest):
+        if largest and self.too_large(largest):
             raise SqlvisionError(
                 f"a value of {largest / 2**20:.1f} MB for {table} exceeds the server's "
                 f"max_allowed_packet ({self.max_packet() / 2**20:.0f} MB)",
@@ -213,12 +192,11 @@ class MySQLBackend(ServerBackend):
         """The server's ``max_allowed_packet`` in bytes."""
         return self._max_packet
 
-    def too_large(self, value: bytes) -> str | None:
+    def too_large(self, n_bytes: int) -> str | None:
         # PyMySQL sends bytes as a hex literal (twice their size) inside the INSERT of the row.
-        wire = 2 * len(value) + 64 * 1024
-        if wire <= self.max_packet():
+        if 2 * n_bytes + 64 * 1024 <= self.max_packet():
             return None
-        return (f"{len(value) / 2**20:.1f} MB is more than the server's max_allowed_packet "
+        return (f"{n_bytes / 2**20:.1f} MB is more than the server's max_allowed_packet "
                 f"({self.max_packet() / 2**20:.0f} MB) allows; raise it (SET GLOBAL "
                 "max_allowed_packet = 1073741824) or ingest with --reference")
 

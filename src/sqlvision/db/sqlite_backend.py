@@ -7,10 +7,9 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 
-from sqlvision.db.base import Backend, rows_to_arrow
+from sqlvision.db.base import Backend, rows_to_arrow, vector_bytes
 from sqlvision.db.identifiers import split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
@@ -19,9 +18,7 @@ from sqlvision.errors import SqlvisionError
 def _adapt(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ")
-    if isinstance(value, list):  # vectors: float32 bytes, read back by sqlvision.embed.as_vector
-        return np.asarray(value, np.float32).tobytes()
-    return value
+    return vector_bytes(value)
 
 
 class SQLiteBackend(Backend):

@@ -184,7 +184,7 @@ class _Ingest:
         except OSError as exc:
             return _Read(c, error=f"cannot read file: {exc.strerror or exc}")
         result = _Read(c, sha256=hashlib.sha256(data).hexdigest())
-        if not self.reference and (reason := self.backend.too_large(data)):
+        if not self.reference and (reason := self.backend.too_large(len(data))):
             result.error = f"too large for this database: {reason}"
             return result
         try:

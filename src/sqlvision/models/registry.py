@@ -64,7 +64,7 @@ def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
         }
         for part in ("onnx", "weights"):
             value = row[part][0]
-            if value is not None and backend.too_large(value):
+            if value is not None and backend.too_large(len(value)):
                 _save_parts(backend, bundle, part, value)
                 row[part] = [None]
         backend.insert(MODELS, pa.table(row, schema=arrow_schema(MODEL_COLUMNS)))
@@ -75,7 +75,7 @@ def _save_parts(backend: Backend, bundle: ModelBundle, part: str, value: bytes) 
     if not backend.table_exists(PARTS):
         backend.create_table(PARTS, PART_COLUMNS, primary_key=("name", "version", "part", "seq"))
     size = PART_BYTES
-    while size > 4096 and backend.too_large(bytes(size)):
+    while size > 4096 and backend.too_large(size):
         size //= 2
     pieces = [value[i:i + size] for i in range(0, len(value), size)]
     n = len(pieces)
