@@ -2,7 +2,7 @@
 
     python benchmarks/ingest.py [FOLDER] [--repeat 3]
 
-Side by side in one run, best of N each (this machine is noisy, so compare ratios):
+Side by side in one run, round-robin, best of N each (machines are noisy: compare ratios):
 - read+sha256: open, read and sha256 every image file in this process (the floor);
 - duckdb insert: the same bytes, pre-read, inserted into a fresh DuckDB file through Arrow with
   no sqlvision code, same batches and row-group size (what the storage engine alone costs);
@@ -32,13 +32,10 @@ def list_files(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
-def best_of(repeat: int, fn: Callable[[], None]) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def read_and_hash(files: list[str]) -> None:
@@ -78,7 +75,7 @@ def sqlvision_ingest(folder: Path, workdir: Path, reference: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     files = list_files(args.folder)
     n = len(files)
@@ -87,14 +84,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("SQLVISION_BENCH_DIR")) as tmp:
         work = Path(tmp)
         read_and_hash(files)  # warm the page cache for every contender alike
-        floor = best_of(args.repeat, lambda: read_and_hash(files))
-        raw = []
+        # Round-robin, best of N each: drift on a shared machine hits every contender alike.
+        contenders = {
+            "floor": lambda: read_and_hash(files),
+            "engine": lambda: duckdb_insert(files, work),
+            "blob": lambda: sqlvision_ingest(args.folder, work, False),
+            "ref": lambda: sqlvision_ingest(args.folder, work, True),
+        }
+        best = dict.fromkeys(contenders, float("inf"))
         for _ in range(args.repeat):
-            duckdb_insert(files, work)
-            raw.append(duckdb_insert.seconds)  # type: ignore[attr-defined]
-        engine = min(raw)
-        blob = best_of(args.repeat, lambda: sqlvision_ingest(args.folder, work, False))
-        ref = best_of(args.repeat, lambda: sqlvision_ingest(args.folder, work, True))
+            for name, run in contenders.items():
+                seconds = timed(run)
+                if name == "engine":
+                    seconds = duckdb_insert.seconds  # type: ignore[attr-defined]
+                best[name] = min(best[name], seconds)
+        floor, engine, blob, ref = best["floor"], best["engine"], best["blob"], best["ref"]
     rows = [("read + sha256 (floor)", floor), ("duckdb insert of pre-read bytes", engine),
             ("sqlvision ingest, blob", blob), ("sqlvision ingest, --reference", ref)]
     for name, seconds in rows:

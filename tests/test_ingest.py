@@ -278,7 +278,13 @@ def test_existing_non_image_table_is_refused(db: sv.Database, make_images: Calla
 
 
 _KILL_SCRIPT = """
-import sys, sqlvision as sv
+import sys, time, sqlvision as sv
+from sqlvision.ingest import pipeline
+append = pipeline._Ingest.append
+def slow_append(*args, **kwargs):  # 30 chunks of 20 rows: a run of 1.5 s or more, killed mid-way
+    append(*args, **kwargs)
+    time.sleep(0.05)
+pipeline._Ingest.append = slow_append
 db = sv.connect(sys.argv[1])
 db.ingest("photos", sys.argv[2], batch_rows=20, check="full", progress=False)
 """
@@ -301,7 +307,7 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path: Path, make_images: C
                 partial = 0
             if partial >= 40:
                 break
-        elif time.time() > deadline - 59.3:
+        elif time.time() > deadline - 59.0:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

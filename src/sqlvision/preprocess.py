@@ -14,14 +14,28 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sqlvision.deps import require
 from sqlvision.errors import SqlvisionError
 from sqlvision.imaging import DEFAULT_MAX_PIXELS, decode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("squash", "crop", "pad")
+RESAMPLERS = ("opencv", "pillow")
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST}
+_CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LINEAR, _CUBIC, _NEAREST
+_cv2_module: Any = None
+
+
+def _cv2() -> Any:
+    """OpenCV, imported once; its own thread pool off (callers decode on one thread per core)."""
+    global _cv2_module
+    if _cv2_module is None:
+        cv2 = require("cv2", "train")
+        cv2.setNumThreads(1)
+        _cv2_module = cv2
+    return _cv2_module
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,12 @@ class PreprocessSpec:
 
     ``resize``: ``squash`` stretches to ``height x width``; ``crop`` scales the shorter side and
     center-crops; ``pad`` letterboxes on ``fill``. ``mode`` is ``L`` (1 channel) or ``RGB``.
+
+    ``resampler``: ``opencv`` (the default) shrinks by the largest whole factor with a box
+    filter (Pillow's ``reduce``), then interpolates the remaining factor (under 2) with OpenCV:
+    the same result quality as an antialiased resize, about five times faster. ``pillow`` is
+    Pillow's antialiased resize, as torchvision's PIL transforms do; specs saved before this
+    field existed mean ``pillow`` and keep it.
     """
 
     height: int
@@ -41,6 +61,7 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
     max_pixels: int = DEFAULT_MAX_PIXELS
     fill: int = 0
+    resampler: str = "opencv"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +69,8 @@ class PreprocessSpec:
             raise SqlvisionError(f"unsupported color mode {self.mode!r}", "use L or RGB")
         if self.resize not in RESIZE_MODES:
             raise SqlvisionError(f"unknown resize {self.resize!r}", f"use one of {RESIZE_MODES}")
+        if self.resampler not in RESAMPLERS:
+            raise SqlvisionError(f"unknown resampler {self.resampler!r}", f"use one of {RESAMPLERS}")
         if self.interpolation not in _INTERPOLATION:
             raise SqlvisionError(f"unknown interpolation {self.interpolation!r}",
                                  f"use one of {sorted(_INTERPOLATION)}")
@@ -85,6 +108,7 @@ class PreprocessSpec:
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         """Rebuild a spec saved by :meth:`to_dict` (unknown keys are kept in ``extra``)."""
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        data = {"resampler": "pillow", **data}  # saved before there was a choice
         kwargs = {k: v for k, v in data.items() if k in known}
         for key in ("mean", "std"):
             if key in kwargs:
@@ -113,37 +137,60 @@ class PreprocessSpec:
         return decode(data, mode=self.mode, max_pixels=self.max_pixels,
                       draft=(self.width * 2, self.height * 2))
 
-    def resized(self, img: Image.Image) -> Image.Image:
-        """Resize ``img`` to ``height x width`` the way this spec says."""
-        size = (self.width, self.height)
-        if img.size == size:
-            return img
-        method = _INTERPOLATION[self.interpolation]
+    def _scaled_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the image is resized to before a center crop or a pad."""
         if self.resize == "squash":
-            return img.resize(size, method)
+            return self.width, self.height
         if self.resize == "crop":
-            scale = max(self.width / img.width, self.height / img.height)
-            w, h = max(self.width, round(img.width * scale)), max(self.height, round(img.height * scale))
-            img = img.resize((w, h), method)
-            left, top = (w - self.width) // 2, (h - self.height) // 2
-            return img.crop((left, top, left + self.width, top + self.height))
-        scale = min(self.width / img.width, self.height / img.height)
-        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
-        canvas = Image.new(self.mode, size, self.fill if self.mode == "L" else (self.fill,) * 3)
-        canvas.paste(img.resize((w, h), method), ((self.width - w) // 2, (self.height - h) // 2))
-        return canvas
+            scale = max(self.width / width, self.height / height)
+            return max(self.width, round(width * scale)), max(self.height, round(height * scale))
+        scale = min(self.width / width, self.height / height)
+        return max(1, round(width * scale)), max(1, round(height * scale))
 
-    def pixels(self, img: Image.Image) -> np.ndarray:
-        """``img`` (already ``height x width``) as uint8 ``C x H x W``."""
-        arr = np.asarray(img, dtype=np.uint8)
-        return arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    def _scaled(self, img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+        if img.size == size:
+            return np.asarray(img)
+        if self.resampler == "pillow":
+            return np.asarray(img.resize(size, _INTERPOLATION[self.interpolation]))
+        factor = min(img.width // size[0], img.height // size[1])
+        if factor >= 2 and self.interpolation != "nearest":
+            img = img.reduce(factor)
+        arr = np.asarray(img)
+        if img.size == size:
+            return arr
+        return _cv2().resize(arr, size, interpolation=_CV2_INTERPOLATION[self.interpolation])
+
+    def resized(self, img: Image.Image) -> np.ndarray:
+        """``img`` resized to ``height x width`` the way this spec says, as uint8 ``H x W [x C]``."""
+        w, h = self._scaled_size(img.width, img.height)
+        arr = self._scaled(img, (w, h))
+        if self.resize == "crop":
+            left, top = (w - self.width) // 2, (h - self.height) // 2
+            return arr[top:top + self.height, left:left + self.width]
+        if self.resize == "pad" and (w, h) != (self.width, self.height):
+            canvas = np.full((self.height, self.width, *arr.shape[2:]), self.fill, np.uint8)
+            left, top = (self.width - w) // 2, (self.height - h) // 2
+            canvas[top:top + h, left:left + w] = arr
+            return canvas
+        return arr
+
+    def pixels(self, arr: np.ndarray) -> np.ndarray:
+        """A resized ``H x W [x C]`` array as a contiguous uint8 ``C x H x W``."""
+        chw = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return np.ascontiguousarray(chw, dtype=np.uint8)
 
     def normalize(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 ``N x C x H x W`` to the normalized float32 tensor the model takes."""
-        mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1) * 255.0
+        """uint8 ``N x C x H x W`` to the normalized float32 tensor the model takes.
+
+        Two passes into one output buffer, no temporaries: this runs on every image predicted.
+        """
         scale = 1.0 / (np.asarray(self.std, np.float32).reshape(1, -1, 1, 1) * 255.0)
-        return (batch.astype(np.float32) - mean) * scale
+        shift = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1) * 255.0 * scale
+        out = np.multiply(batch, scale, dtype=np.float32)
+        out -= shift
+        return out
 
     def __call__(self, data: bytes) -> np.ndarray:
-        """Bytes to uint8 ``C x H x W`` (decode, color mode, resize): the per-image step."""
+        """Bytes to uint8 ``C x H x W`` (decode, color mode, resize): the per-image step, the same
+        in training, evaluation and prediction."""
         return self.pixels(self.resized(self.open(data)))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +103,20 @@ class _Read:
     error: str | None = None
 
 
+@dataclass
+class _Batch:
+    """The open transaction: what it holds, booked into the report only once it commits."""
+
+    transaction: AbstractContextManager[None]
+    new: int = 0
+    changed: int = 0
+    unlabeled: int = 0
+    rows: int = 0
+    bytes: int = 0
+    stale: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
 def _to_us(value: Any) -> int | None:
     if value is None:
         return None
@@ -124,6 +139,10 @@ class _Ingest:
         self.reference, self.refresh = reference, refresh
         self.max_pixels, self.check = max_pixels, check
         self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
+        # What the reader hands the writer at a time: small enough to overlap, whole batches
+        # still commit as one transaction.
+        self.chunk_rows, self.chunk_bytes = min(256, batch_rows), min(16 << 20, batch_bytes)
+        self.open: _Batch | None = None
         self.workers, self.show_progress = workers, show_progress
         self.report = IngestReport(table)
         self.stored: dict[str, _Stored] = {}
@@ -210,13 +229,17 @@ class _Ingest:
         return ordered_map(self.read_chunk, chunks, workers=workers)
 
     def run(self, todo: list[Candidate], updates: set[str]) -> None:
-        """Read and write in overlap: a writer thread commits batch N while batch N+1 is read.
-        At most two batches are in memory."""
+        """Read on this thread while a writer thread appends what was read to the open batch.
+
+        Chunks of ``chunk_rows`` rows go to the database as soon as they are read (at most two
+        in flight, so memory stays bounded), and the batch commits every ``batch_rows`` rows or
+        ``batch_bytes`` bytes: the engine stores one chunk while the next is read and hashed.
+        """
         rows: list[_Read] = []
         errors: list[tuple[str, str]] = []
         pending_bytes = 0
         bar = progress_bar(len(todo), f"ingest {self.table}", enabled=self.show_progress)
-        writing: Future[None] | None = None
+        in_flight: deque[Future[None]] = deque()
         with ThreadPoolExecutor(1, thread_name_prefix="sqlvision-writer") as writer:
             try:
                 for chunk in self.reads(todo):
@@ -229,14 +252,19 @@ class _Ingest:
                         rows.append(r)
                         pending_bytes += len(r.data or b"")
                     bar.update(len(chunk))
-                    if len(rows) + len(errors) >= self.batch_rows or pending_bytes >= self.batch_bytes:
-                        if writing is not None:
-                            writing.result()
-                        writing = writer.submit(self.flush, rows, errors, updates)
+                    if len(rows) + len(errors) >= self.chunk_rows or pending_bytes >= self.chunk_bytes:
+                        if len(in_flight) == 2:
+                            in_flight.popleft().result()
+                        in_flight.append(writer.submit(self.write, rows, errors, updates))
                         rows, errors, pending_bytes = [], [], 0
-                if writing is not None:
-                    writing.result()
-                self.flush(rows, errors, updates)
+                in_flight.append(writer.submit(self.write, rows, errors, updates, commit=True))
+                while in_flight:
+                    in_flight.popleft().result()
+            except BaseException:
+                for future in in_flight:
+                    future.cancel()
+                writer.submit(self.rollback).result()
+                raise
             finally:
                 bar.close()
 
@@ -248,39 +276,68 @@ class _Ingest:
         self.sha_owner[r.sha256] = r.candidate.uri
         return None
 
-    def flush(self, rows: list[_Read], errors: list[tuple[str, str]], updates: set[str]) -> None:
-        if not rows and not errors:
-            return
+    # -- the open batch (writer thread) ----------------------------------------------------------
+    def write(self, rows: list[_Read], errors: list[tuple[str, str]], updates: set[str], *,
+              commit: bool = False) -> None:
+        """Append rows and error records to the open batch (opening one if needed); commit it
+        when full, or when ``commit``."""
+        if rows or errors:
+            if self.open is None:
+                self.open = _Batch(self.backend.transaction())
+                self.open.transaction.__enter__()
+            try:
+                self.append(self.open, rows, errors, updates)
+            except BaseException:
+                self.rollback()
+                raise
+        batch = self.open
+        if batch is not None and (commit or batch.rows >= self.batch_rows
+                                  or batch.bytes >= self.batch_bytes):
+            self.open = None
+            batch.transaction.__exit__(None, None, None)
+            # Only after the commit: a failed batch must leave the in-memory state untouched.
+            self.next_id += batch.new
+            self.error_paths.difference_update(batch.stale)
+            self.error_paths.update(p for p, _ in batch.errors)
+            self.report.added += batch.new
+            self.report.updated += batch.changed
+            self.report.errors.extend(batch.errors)
+            self.report.unlabeled += batch.unlabeled
+
+    def rollback(self) -> None:
+        """Undo the open batch, if any: nothing of it is stored or counted."""
+        batch, self.open = self.open, None
+        if batch is not None:
+            exc = SqlvisionError("ingest stopped", "rerun the same command to complete it")
+            batch.transaction.__exit__(SqlvisionError, exc, None)
+
+    def append(self, batch: _Batch, rows: list[_Read], errors: list[tuple[str, str]],
+               updates: set[str]) -> None:
         now = utcnow()
         new = [r for r in rows if r.candidate.uri not in updates]
         changed = [r for r in rows if r.candidate.uri in updates]
-        ids = list(range(self.next_id, self.next_id + len(new)))
+        first_id = self.next_id + batch.new
         stale = [p for p in (*(r.candidate.uri for r in rows), *(p for p, _ in errors))
                  if p in self.error_paths]
         b = self.backend
-        with b.transaction():
-            if new:
-                b.insert(self.table, self.arrow(new, ids, now))
-            if changed:
-                b.update(self.table, "uri", self.arrow(changed, None, now).drop_columns(["id"]))
-            if stale:
-                b.executemany(
-                    f"DELETE FROM {b.quote(INGEST_ERRORS)} WHERE table_name = ? AND path = ?",
-                    [(self.table, p) for p in stale],
-                )
-            if errors:
-                b.insert(INGEST_ERRORS, pa.table(
-                    [[self.table] * len(errors), [p for p, _ in errors],
-                     [reason for _, reason in errors], [now] * len(errors)],
-                    schema=_ERROR_SCHEMA))
-        # Only after the commit: a failed batch must leave the in-memory state untouched.
-        self.next_id += len(new)
-        self.error_paths.difference_update(stale)
-        self.error_paths.update(p for p, _ in errors)
-        self.report.added += len(new)
-        self.report.updated += len(changed)
-        self.report.errors.extend(errors)
-        self.report.unlabeled += sum(1 for r in rows if not r.candidate.labeled)
+        if new:
+            b.insert(self.table, self.arrow(new, list(range(first_id, first_id + len(new))), now))
+        if changed:
+            b.update(self.table, "uri", self.arrow(changed, None, now).drop_columns(["id"]))
+        if stale:
+            b.executemany(f"DELETE FROM {b.quote(INGEST_ERRORS)} WHERE table_name = ? AND path = ?",
+                          [(self.table, p) for p in stale])
+        if errors:
+            b.insert(INGEST_ERRORS, pa.table(
+                [[self.table] * len(errors), [p for p, _ in errors],
+                 [reason for _, reason in errors], [now] * len(errors)], schema=_ERROR_SCHEMA))
+        batch.new += len(new)
+        batch.changed += len(changed)
+        batch.stale.extend(stale)
+        batch.errors.extend(errors)
+        batch.unlabeled += sum(1 for r in rows if not r.candidate.labeled)
+        batch.rows += len(rows) + len(errors)
+        batch.bytes += sum(len(r.data or b"") for r in rows)
 
     def arrow(self, rows: list[_Read], ids: list[int] | None, now: dt.datetime) -> pa.Table:
         infos = [r.info for r in rows]
@@ -360,7 +417,7 @@ def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str 
     run.report.ignored = scan.ignored
     run.run(todo, updates)
     if scan.errors:
-        run.flush([], scan.errors, set())
+        run.write([], scan.errors, set(), commit=True)
     run.mark_presence((c.uri for c in scan.candidates), scan.roots)
     run.report.seconds = time.perf_counter() - started
     return run.report

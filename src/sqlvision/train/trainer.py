@@ -276,7 +276,7 @@ class Trainer:
             height, width = cfg.image_size or (base.height, base.width)
             return PreprocessSpec(height, width, base.mode, cfg.resize or base.resize,
                                   tuple(cfg.mean or base.mean), tuple(cfg.std or base.std),
-                                  base.interpolation)
+                                  base.interpolation, resampler=base.resampler)
         keys = [self.selection.ids[i] for i in self.train_pos]
         height, width, mode = sniff_images(self.backend, self.table, keys)
         if cfg.grayscale is not None:
