@@ -81,6 +81,10 @@ def test_import_plain_onnx_with_labels(fashion_db: sv.Database, tmp_path: Path) 
                                        image_size=(28, 28), grayscale=True, resize="squash",
                                        mean=(0.5,), std=(0.5,))
     assert imported.architecture == "onnx" and imported.weights is None
+    assert imported.spec.resampler == "opencv"
+    exact = fashion_db.import_model("ext", tmp_path / "m.onnx", labels=str(tmp_path / "labels.txt"),
+                                    image_size=(28, 28), grayscale=True, resampler="pillow")
+    assert fashion_db.model(exact.ref).spec.resampler == "pillow"  # stored with the model
     with pytest.raises(sv.SqlvisionError, match="--labels"):
         fashion_db.import_model("ext", tmp_path / "m.onnx")
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
@@ -141,6 +145,7 @@ def test_transfer_from_a_registered_model(fashion_db: sv.Database, tmp_path: Pat
                      checkpoint_dir=tmp_path / "b", progress=False, log=lambda _: None,
                      batch_size=16, workers=2)
     assert child.bundle.lineage["parent"] == "base:1"
+    assert child.bundle.spec.resampler == db.model("base").spec.resampler == "opencv"
     assert child.bundle.architecture == "sv_cnn_small"
     assert child.bundle.classes == db.model("base").classes  # a subset keeps the parent's head
     assert any("started from base:1 (all layers)" in m for m in child.messages)

@@ -14,6 +14,10 @@ from typing import Any
 
 from sqlvision import __version__
 from sqlvision.errors import SqlvisionError
+from sqlvision.preprocess import RESAMPLERS
+
+_RESAMPLER_HELP = ("how images are shrunk: opencv (default; box reduction + OpenCV interpolation, "
+                   "fast) or pillow (Pillow's antialiased resize, as torchvision's PIL transforms)")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -217,6 +221,8 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     mode.add_argument("--rgb", dest="grayscale", action="store_false", help="train on RGB images")
     g.add_argument("--resize", choices=("squash", "crop", "pad"),
                    help="how images reach the input size (default: squash small images, crop photos)")
+    g.add_argument("--resampler", choices=RESAMPLERS,
+                   help=_RESAMPLER_HELP)
     g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalization mean per channel")
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalization std per channel")
     g.add_argument("--augment", default="light",
@@ -263,7 +269,7 @@ def _train(args: argparse.Namespace) -> int:
 
     settings = {k: getattr(args, k) for k in ("head",
         "arch", "from_model", "pretrained", "pretrained_file", "train_layers", "dropout",
-        "image_size", "grayscale", "resize", "mean", "std", "augment", "epochs", "batch_size",
+        "image_size", "grayscale", "resize", "resampler", "mean", "std", "augment", "epochs", "batch_size",
         "lr", "optimizer", "schedule", "weight_decay", "label_smoothing", "balance", "downsample",
         "val_fraction", "seed", "checkpoint_every", "patience", "device", "workers", "cache_mb",
         "tensorboard")}
@@ -428,6 +434,7 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--std", type=_floats, metavar="S[,S,S]")
     s.add_argument("--grayscale", action="store_true", help="the model takes 1-channel input")
     s.add_argument("--resize", choices=("squash", "crop", "pad"), default="crop")
+    s.add_argument("--resampler", choices=RESAMPLERS, default="opencv", help=_RESAMPLER_HELP)
     s.set_defaults(func=_models_import)
     s = sub.add_parser("delete", parents=[common], help="delete a version, or all versions")
     s.add_argument("ref", metavar="NAME[:VERSION]")
@@ -500,7 +507,8 @@ def _models_import(args: argparse.Namespace) -> int:
     with _connect(args) as db:
         bundle = db.import_model(args.name, args.path, labels=args.labels,
                                  image_size=args.image_size, mean=args.mean, std=args.std,
-                                 grayscale=args.grayscale, resize=args.resize)
+                                 grayscale=args.grayscale, resize=args.resize,
+                                 resampler=args.resampler)
     print(f"registered {bundle.ref} ({len(bundle.classes)} classes)")
     return 0
 

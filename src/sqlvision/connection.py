@@ -203,13 +203,14 @@ class Database:
     def import_model(self, name: str, path: str | os.PathLike[str], *, labels: str | None = None,
                      image_size: tuple[int, int] = (224, 224), mean: Sequence[float] | None = None,
                      std: Sequence[float] | None = None, grayscale: bool = False,
-                     resize: str = "crop") -> Any:
+                     resize: str = "crop", resampler: str = "opencv") -> Any:
         """Register a ``.svmodel`` bundle, or an external ONNX classifier with ``labels`` (one class
         name per line) and its preprocessing, as the next version of ``name``."""
         from sqlvision.models.importing import import_model
 
         return import_model(self.backend, name, path, labels=labels, image_size=image_size,
-                            mean=mean, std=std, grayscale=grayscale, resize=resize)
+                            mean=mean, std=std, grayscale=grayscale, resize=resize,
+                            resampler=resampler)
 
     def models(self) -> Result:
         """Registered models, one row per version."""

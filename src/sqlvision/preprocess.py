@@ -122,13 +122,14 @@ class PreprocessSpec:
 
     @classmethod
     def for_images(cls, height: int, width: int, mode: str, *, resize: str | None = None,
-                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-                   ) -> PreprocessSpec:
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   resampler: str | None = None) -> PreprocessSpec:
         """Defaults that suit the data: ImageNet statistics for RGB, 0.5/0.5 for grayscale."""
         channels = 1 if mode == "L" else 3
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
         return cls(height, width, mode, resize or ("squash" if max(height, width) <= 64 else "crop"),
-                   tuple(mean) if mean else default_mean, tuple(std) if std else default_std)
+                   tuple(mean) if mean else default_mean, tuple(std) if std else default_std,
+                   resampler=resampler or RESAMPLERS[0])
 
     # -- applying --------------------------------------------------------------------------------
     def open(self, data: bytes) -> Image.Image:

@@ -17,7 +17,8 @@ from sqlvision.preprocess import PreprocessSpec
 def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
                  labels: str | None = None, image_size: tuple[int, int] = (224, 224),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 grayscale: bool = False, resize: str = "crop") -> ModelBundle:
+                 grayscale: bool = False, resize: str = "crop",
+                 resampler: str = "opencv") -> ModelBundle:
     """Register the model at ``path`` as the next version of ``name``; returns the bundle."""
     source = Path(path)
     if not source.is_file():
@@ -34,7 +35,7 @@ def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
     classes = read_labels_file(labels)
     mode = "L" if grayscale else "RGB"
     spec = PreprocessSpec.for_images(image_size[0], image_size[1], mode, resize=resize,
-                                     mean=mean, std=std)
+                                     mean=mean, std=std, resampler=resampler)
     bundle = ModelBundle(name=name, architecture="onnx", classes=classes, spec=spec,
                          onnx=source.read_bytes(), lineage={"imported_from": str(source)})
     _check_onnx(bundle)

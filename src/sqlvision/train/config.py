@@ -30,6 +30,7 @@ class TrainConfig:
     image_size: tuple[int, int] | None = None
     grayscale: bool | None = None
     resize: str | None = None
+    resampler: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: str = "light"

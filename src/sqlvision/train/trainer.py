@@ -276,7 +276,7 @@ class Trainer:
             height, width = cfg.image_size or (base.height, base.width)
             return PreprocessSpec(height, width, base.mode, cfg.resize or base.resize,
                                   tuple(cfg.mean or base.mean), tuple(cfg.std or base.std),
-                                  base.interpolation, resampler=base.resampler)
+                                  base.interpolation, resampler=cfg.resampler or base.resampler)
         keys = [self.selection.ids[i] for i in self.train_pos]
         height, width, mode = sniff_images(self.backend, self.table, keys)
         if cfg.grayscale is not None:
@@ -289,7 +289,7 @@ class Trainer:
             builtin = cfg.arch is None or cfg.arch in architectures.builtin_architectures()
             height = width = 224 if cfg.pretrained else (PHOTO_SIZE if builtin else 128)
         return PreprocessSpec.for_images(height, width, mode, resize=cfg.resize, mean=cfg.mean,
-                                         std=cfg.std)
+                                         std=cfg.std, resampler=cfg.resampler)
 
     def build_model(self) -> Any:
         import torch
