@@ -84,7 +84,7 @@ def test_import_plain_onnx_with_labels(fashion_db: sv.Database, tmp_path: Path) 
     assert imported.spec.resampler == "opencv"
     exact = fashion_db.import_model("ext", tmp_path / "m.onnx", labels=str(tmp_path / "labels.txt"),
                                     image_size=(28, 28), grayscale=True, resampler="pillow")
-    assert fashion_db.model(exact.ref).spec.resampler == "pillow"  # stored with the model
+    assert fashion_db.model("ext", exact.version).spec.resampler == "pillow"  # stored with it
     with pytest.raises(sv.SqlvisionError, match="--labels"):
         fashion_db.import_model("ext", tmp_path / "m.onnx")
     (tmp_path / "three.txt").write_text("a\nb\nc\n")
