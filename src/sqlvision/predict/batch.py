@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,16 +127,24 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
-    try:
-        for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
-            probs = classifier.predict_proba(decoded.pixels) if decoded.keys else np.zeros((0, 1))
-            write_predictions(backend, table.name, bundle, decoded.keys, probs, decoded.failed,
-                              top_k, min_prob)
-            report.predicted += len(decoded.keys)
-            report.failed.extend(decoded.failed)
-            bar.update(len(decoded.keys) + len(decoded.failed))
-    finally:
-        bar.close()
+    # A writer thread commits batch N while batch N+1 is scored: the commit's wait for the disk
+    # or the server stays off the inference path. One batch in flight, each its own transaction.
+    writing: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="sqlvision-writer") as writer:
+        try:
+            for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
+                probs = classifier.predict_proba(decoded.pixels) if decoded.keys else np.zeros((0, 1))
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(write_predictions, backend, table.name, bundle, decoded.keys,
+                                        probs, decoded.failed, top_k, min_prob)
+                report.predicted += len(decoded.keys)
+                report.failed.extend(decoded.failed)
+                bar.update(len(decoded.keys) + len(decoded.failed))
+            if writing is not None:
+                writing.result()
+        finally:
+            bar.close()
     if into_columns:
         write_back(backend, table, bundle, where)
     report.view = create_predicted_view(backend, table, PREDICTIONS)
