@@ -221,8 +221,7 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     mode.add_argument("--rgb", dest="grayscale", action="store_false", help="train on RGB images")
     g.add_argument("--resize", choices=("squash", "crop", "pad"),
                    help="how images reach the input size (default: squash small images, crop photos)")
-    g.add_argument("--resampler", choices=RESAMPLERS,
-                   help=_RESAMPLER_HELP)
+    g.add_argument("--resampler", choices=RESAMPLERS, help=_RESAMPLER_HELP)
     g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalization mean per channel")
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalization std per channel")
     g.add_argument("--augment", default="light",
@@ -434,7 +433,7 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--std", type=_floats, metavar="S[,S,S]")
     s.add_argument("--grayscale", action="store_true", help="the model takes 1-channel input")
     s.add_argument("--resize", choices=("squash", "crop", "pad"), default="crop")
-    s.add_argument("--resampler", choices=RESAMPLERS, default="opencv", help=_RESAMPLER_HELP)
+    s.add_argument("--resampler", choices=RESAMPLERS, help=_RESAMPLER_HELP)
     s.set_defaults(func=_models_import)
     s = sub.add_parser("delete", parents=[common], help="delete a version, or all versions")
     s.add_argument("ref", metavar="NAME[:VERSION]")

@@ -203,7 +203,7 @@ class Database:
     def import_model(self, name: str, path: str | os.PathLike[str], *, labels: str | None = None,
                      image_size: tuple[int, int] = (224, 224), mean: Sequence[float] | None = None,
                      std: Sequence[float] | None = None, grayscale: bool = False,
-                     resize: str = "crop", resampler: str = "opencv") -> Any:
+                     resize: str = "crop", resampler: str | None = None) -> Any:
         """Register a ``.svmodel`` bundle, or an external ONNX classifier with ``labels`` (one class
         name per line) and its preprocessing, as the next version of ``name``."""
         from sqlvision.models.importing import import_model

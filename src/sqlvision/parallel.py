@@ -90,6 +90,47 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                 buffer.get(timeout=0.05)
 
 
+class BackgroundWriter:
+    """Runs calls in order on one writer thread, with at most ``depth`` waiting or running: a
+    producer that gets ahead blocks in :meth:`submit`, so memory stays bounded. A call's error
+    surfaces in the next :meth:`submit` or in :meth:`drain`.
+
+    For committing batch N while batch N+1 is read or scored: the wait for the disk or the
+    server stays off the producer's path.
+    """
+
+    def __init__(self, depth: int = 1) -> None:
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="sqlvision-writer")
+        self.pending: deque[Future[Any]] = deque()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)`` after what is already queued."""
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+    def drain(self) -> None:
+        """Wait for every queued call, re-raising the first error."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def abort(self, cleanup: Callable[[], Any] | None = None) -> None:
+        """Drop the calls not started, then run ``cleanup`` on the writer thread after the one
+        running (for a rollback on the writer's connection)."""
+        for future in self.pending:
+            future.cancel()
+        self.pending.clear()
+        if cleanup is not None:
+            self.pool.submit(cleanup).result()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+
+
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of at most ``size`` items."""
     iterator = iter(items)

@@ -6,6 +6,7 @@ Pure NumPy and Pillow, so inference never needs torch.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,20 +23,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("squash", "crop", "pad")
 RESAMPLERS = ("opencv", "pillow")
+DEFAULT_RESAMPLER = "opencv"
 _INTERPOLATION = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
                   "nearest": Image.Resampling.NEAREST}
-_CV2_INTERPOLATION = {"bilinear": 1, "bicubic": 2, "nearest": 0}  # cv2.INTER_LINEAR, _CUBIC, _NEAREST
-_cv2_module: Any = None
+_CV2_INTERPOLATION = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest": "INTER_NEAREST"}
 
 
+@functools.cache
 def _cv2() -> Any:
     """OpenCV, imported once; its own thread pool off (callers decode on one thread per core)."""
-    global _cv2_module
-    if _cv2_module is None:
-        cv2 = require("cv2", "train")
-        cv2.setNumThreads(1)
-        _cv2_module = cv2
-    return _cv2_module
+    cv2 = require("cv2", "train")
+    cv2.setNumThreads(1)
+    return cv2
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
     max_pixels: int = DEFAULT_MAX_PIXELS
     fill: int = 0
-    resampler: str = "opencv"
+    resampler: str = DEFAULT_RESAMPLER
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +128,7 @@ class PreprocessSpec:
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.5,))
         return cls(height, width, mode, resize or ("squash" if max(height, width) <= 64 else "crop"),
                    tuple(mean) if mean else default_mean, tuple(std) if std else default_std,
-                   resampler=resampler or RESAMPLERS[0])
+                   resampler=resampler or DEFAULT_RESAMPLER)
 
     # -- applying --------------------------------------------------------------------------------
     def open(self, data: bytes) -> Image.Image:
@@ -159,7 +158,8 @@ class PreprocessSpec:
         arr = np.asarray(img)
         if img.size == size:
             return arr
-        return _cv2().resize(arr, size, interpolation=_CV2_INTERPOLATION[self.interpolation])
+        cv2 = _cv2()
+        return cv2.resize(arr, size, interpolation=getattr(cv2, _CV2_INTERPOLATION[self.interpolation]))
 
     def resized(self, img: Image.Image) -> np.ndarray:
         """``img`` resized to ``height x width`` the way this spec says, as uint8 ``H x W [x C]``."""

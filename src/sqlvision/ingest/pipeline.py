@@ -10,9 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ from sqlvision.errors import ImageError, SqlvisionError
 from sqlvision.imaging import DEFAULT_MAX_PIXELS, ImageInfo, decode, probe
 from sqlvision.ingest.labeling import LabelRule, SplitRule
 from sqlvision.ingest.sources import LOCAL, Candidate, scan_sources
-from sqlvision.parallel import chunked, default_workers, ordered_map
+from sqlvision.parallel import BackgroundWriter, chunked, default_workers, ordered_map
 from sqlvision.progress import progress_bar
 from sqlvision.storage import display_path
 
@@ -239,8 +238,7 @@ class _Ingest:
         errors: list[tuple[str, str]] = []
         pending_bytes = 0
         bar = progress_bar(len(todo), f"ingest {self.table}", enabled=self.show_progress)
-        in_flight: deque[Future[None]] = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="sqlvision-writer") as writer:
+        with BackgroundWriter(depth=2) as writer:
             try:
                 for chunk in self.reads(todo):
                     for r in chunk:
@@ -253,17 +251,12 @@ class _Ingest:
                         pending_bytes += len(r.data or b"")
                     bar.update(len(chunk))
                     if len(rows) + len(errors) >= self.chunk_rows or pending_bytes >= self.chunk_bytes:
-                        if len(in_flight) == 2:
-                            in_flight.popleft().result()
-                        in_flight.append(writer.submit(self.write, rows, errors, updates))
+                        writer.submit(self.write, rows, errors, updates)
                         rows, errors, pending_bytes = [], [], 0
-                in_flight.append(writer.submit(self.write, rows, errors, updates, commit=True))
-                while in_flight:
-                    in_flight.popleft().result()
+                writer.submit(self.write, rows, errors, updates, commit=True)
+                writer.drain()
             except BaseException:
-                for future in in_flight:
-                    future.cancel()
-                writer.submit(self.rollback).result()
+                writer.abort(cleanup=self.rollback)
                 raise
             finally:
                 bar.close()

@@ -18,7 +18,7 @@ def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
                  labels: str | None = None, image_size: tuple[int, int] = (224, 224),
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  grayscale: bool = False, resize: str = "crop",
-                 resampler: str = "opencv") -> ModelBundle:
+                 resampler: str | None = None) -> ModelBundle:
     """Register the model at ``path`` as the next version of ``name``; returns the bundle."""
     source = Path(path)
     if not source.is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +21,7 @@ from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import load_classifier
+from sqlvision.parallel import BackgroundWriter
 from sqlvision.predict.stream import decode_rows, table_rows
 from sqlvision.predict.view import create_predicted_view, predicted_view_name
 from sqlvision.progress import progress_bar
@@ -127,22 +127,17 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
-    # A writer thread commits batch N while batch N+1 is scored: the commit's wait for the disk
-    # or the server stays off the inference path. One batch in flight, each its own transaction.
-    writing: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="sqlvision-writer") as writer:
+    # Batch N commits on the writer thread while batch N+1 is scored; each its own transaction.
+    with BackgroundWriter(depth=1) as writer:
         try:
             for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
                 probs = classifier.predict_proba(decoded.pixels) if decoded.keys else np.zeros((0, 1))
-                if writing is not None:
-                    writing.result()
-                writing = writer.submit(write_predictions, backend, table.name, bundle, decoded.keys,
-                                        probs, decoded.failed, top_k, min_prob)
+                writer.submit(write_predictions, backend, table.name, bundle, decoded.keys, probs,
+                              decoded.failed, top_k, min_prob)
                 report.predicted += len(decoded.keys)
                 report.failed.extend(decoded.failed)
                 bar.update(len(decoded.keys) + len(decoded.failed))
-            if writing is not None:
-                writing.result()
+            writer.drain()
         finally:
             bar.close()
     if into_columns:
