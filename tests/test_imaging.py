@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 
@@ -75,3 +76,54 @@ def test_decode_converts_modes() -> None:
     data = image_bytes("JPEG", (256, 256))
     with pytest.raises(ImageError, match=r"truncated|corrupt"):
         decode(data[: len(data) // 2])
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    """JPEGs the libjpeg-turbo fast path takes, and ones it must hand to Pillow."""
+    import io
+
+    from PIL import Image
+
+    def save(img: Image.Image, **options: object) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **options)
+        return buf.getvalue()
+
+    photo = Image.open(io.BytesIO(image_bytes("PNG", (400, 533)))).convert("RGB")
+    broken = bytearray(save(photo, quality=90))
+    broken[3201:3221] = bytes(b ^ 0xFF for b in broken[3201:3221])
+    return {
+        "baseline": save(photo), "progressive": save(photo, progressive=True),
+        "4:4:4": save(photo, subsampling=0), "gray": save(photo.convert("L")),
+        "cmyk": save(photo.convert("CMYK")), "large (reduced-scale decode)": save(photo.resize((1000, 1400))),
+        "trailing bytes": save(photo) + b"trailing", "odd size": save(photo.resize((37, 21))),
+        "corrupt scan data": bytes(broken),
+    }
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decode_array_gives_pillows_pixels_and_errors(mode: str) -> None:
+    import numpy as np
+
+    from sqlvision.imaging import decode_array
+    from sqlvision.imaging.decode import _jpeg_array
+
+    variants = _jpeg_variants()
+    took_fast_path = {name for name, data in variants.items()
+                      if _jpeg_array(data, mode, 10**9, (448, 448)) is not None}
+    assert took_fast_path == {"baseline", "progressive", "4:4:4", "gray", "trailing bytes", "odd size"}
+    for name, data in variants.items():
+        try:
+            expected = np.asarray(decode(data, mode, draft=(448, 448)))
+        except ImageError as exc:
+            with pytest.raises(ImageError, match=re.escape(str(exc))):
+                decode_array(data, mode, draft=(448, 448))
+            continue
+        got = decode_array(data, mode, draft=(448, 448))
+        assert got.dtype == np.uint8 and got.flags.c_contiguous, name
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+    with pytest.raises(ImageError, match="too large"):
+        decode_array(_jpeg_variants()["baseline"], mode, max_pixels=1000)
+    truncated = _jpeg_variants()["baseline"][:5000]
+    with pytest.raises(ImageError, match=r"truncated|corrupt"):
+        decode_array(truncated, mode)

@@ -145,7 +145,7 @@ class Database:
     def predict(self, model: str, table: str, *, where: str | None = None,
                 version: int | None = None, top_k: int = 5, min_prob: float = 0.0,
                 recompute: bool = False, into_columns: bool = False, engine: str = "onnxruntime",
-                device: str | None = None, batch_size: int = 32, workers: int | None = None,
+                device: str | None = None, batch_size: int | None = None, workers: int | None = None,
                 progress: bool | None = None, id_col: str | None = None,
                 image_col: str | None = None) -> Any:
         """Predict the rows of ``table`` into ``sv_predictions`` (one row per image and model

@@ -17,7 +17,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle, weights_from_bytes
 from sqlvision.models.runtime import load_classifier
 from sqlvision.predict.batch import check_integer_ids
-from sqlvision.predict.stream import decode_one, decode_rows, table_rows
+from sqlvision.predict.stream import decode_one, decode_rows, score_batches, table_rows
 from sqlvision.progress import progress_bar
 from sqlvision.storage import read_bytes
 from sqlvision.tables import ImageTable, image_bytes
@@ -60,7 +60,7 @@ def as_vector(value: Any) -> np.ndarray:
 
 def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
                 version: int | None = None, recompute: bool = False, engine: str = "onnxruntime",
-                batch_size: int = 32, workers: int | None = None,
+                batch_size: int | None = None, workers: int | None = None,
                 progress: bool | None = None) -> EmbedReport:
     """Store the vectors of every selected row not yet embedded by this model version."""
     started = time.perf_counter()
@@ -93,15 +93,15 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     schema = arrow_schema(EMBEDDING_COLUMNS)
     bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
     try:
-        for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
-            report.failed += len(decoded.failed)
-            bar.update(len(decoded.keys) + len(decoded.failed))
-            if not decoded.keys:
+        batches = decode_rows(bundle.spec, rows, batch_size or classifier.batch_size, workers)
+        for group in score_batches(batches, classifier.embed):
+            report.failed += len(group.failed)
+            bar.update(group.rows)
+            if not group.keys:
                 continue
-            vectors = classifier.embed(decoded.pixels)
-            n = len(decoded.keys)
+            n, vectors = len(group.keys), group.outputs
             data = pa.table({
-                "source_table": [table.name] * n, "image_id": [int(k) for k in decoded.keys],
+                "source_table": [table.name] * n, "image_id": [int(k) for k in group.keys],
                 "model": [bundle.name] * n, "model_version": [bundle.version] * n,
                 "dim": [int(vectors.shape[1])] * n, "embedding": [v.tolist() for v in vectors],
                 "embedded_at": [utcnow()] * n}, schema=schema)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sqlvision.deps import require
 from sqlvision.errors import SqlvisionError
-from sqlvision.imaging import DEFAULT_MAX_PIXELS, decode
+from sqlvision.imaging import DEFAULT_MAX_PIXELS, decode_array
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,11 +131,10 @@ class PreprocessSpec:
                    resampler=resampler or DEFAULT_RESAMPLER)
 
     # -- applying --------------------------------------------------------------------------------
-    def open(self, data: bytes) -> Image.Image:
-        """Decode ``data`` safely into this spec's color mode (JPEGs decode at reduced scale when
-        much larger than needed: same result, several times faster)."""
-        return decode(data, mode=self.mode, max_pixels=self.max_pixels,
-                      draft=(self.width * 2, self.height * 2))
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode ``data`` safely into this spec's color mode, as uint8 ``H x W [x C]`` (JPEGs
+        decode at reduced scale when much larger than needed: same result, several times faster)."""
+        return decode_array(data, self.mode, self.max_pixels, draft=(self.width * 2, self.height * 2))
 
     def _scaled_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the image is resized to before a center crop or a pad."""
@@ -147,24 +146,23 @@ class PreprocessSpec:
         scale = min(self.width / width, self.height / height)
         return max(1, round(width * scale)), max(1, round(height * scale))
 
-    def _scaled(self, img: Image.Image, size: tuple[int, int]) -> np.ndarray:
-        if img.size == size:
-            return np.asarray(img)
-        if self.resampler == "pillow":
-            return np.asarray(img.resize(size, _INTERPOLATION[self.interpolation]))
-        factor = min(img.width // size[0], img.height // size[1])
-        if factor >= 2 and self.interpolation != "nearest":
-            img = img.reduce(factor)
-        arr = np.asarray(img)
-        if img.size == size:
+    def _scaled(self, arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if arr.shape[1::-1] == size:
             return arr
+        if self.resampler == "pillow":
+            return np.asarray(Image.fromarray(arr).resize(size, _INTERPOLATION[self.interpolation]))
+        factor = min(arr.shape[1] // size[0], arr.shape[0] // size[1])
+        if factor >= 2 and self.interpolation != "nearest":
+            arr = np.asarray(Image.fromarray(arr).reduce(factor))
+            if arr.shape[1::-1] == size:
+                return arr
         cv2 = _cv2()
         return cv2.resize(arr, size, interpolation=getattr(cv2, _CV2_INTERPOLATION[self.interpolation]))
 
-    def resized(self, img: Image.Image) -> np.ndarray:
-        """``img`` resized to ``height x width`` the way this spec says, as uint8 ``H x W [x C]``."""
-        w, h = self._scaled_size(img.width, img.height)
-        arr = self._scaled(img, (w, h))
+    def resized(self, arr: np.ndarray) -> np.ndarray:
+        """A decoded ``H x W [x C]`` array resized to ``height x width`` the way this spec says."""
+        w, h = self._scaled_size(arr.shape[1], arr.shape[0])
+        arr = self._scaled(arr, (w, h))
         if self.resize == "crop":
             left, top = (w - self.width) // 2, (h - self.height) // 2
             return arr[top:top + self.height, left:left + self.width]
@@ -194,4 +192,4 @@ class PreprocessSpec:
     def __call__(self, data: bytes) -> np.ndarray:
         """Bytes to uint8 ``C x H x W`` (decode, color mode, resize): the per-image step, the same
         in training, evaluation and prediction."""
-        return self.pixels(self.resized(self.open(data)))
+        return self.pixels(self.resized(self.decode(data)))

@@ -22,7 +22,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import load_classifier
 from sqlvision.parallel import BackgroundWriter
-from sqlvision.predict.stream import decode_rows, table_rows
+from sqlvision.predict.stream import decode_rows, score_batches, table_rows
 from sqlvision.predict.view import create_predicted_view, predicted_view_name
 from sqlvision.progress import progress_bar
 from sqlvision.tables import ImageTable
@@ -95,10 +95,13 @@ def check_integer_ids(backend: Backend, table: ImageTable) -> None:
 def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
                   version: int | None = None, top_k: int = 5, min_prob: float = 0.0,
                   recompute: bool = False, into_columns: bool = False,
-                  engine: str = "onnxruntime", device: str | None = None, batch_size: int = 32,
+                  engine: str = "onnxruntime", device: str | None = None, batch_size: int | None = None,
                   workers: int | None = None, progress: bool | None = None,
                   bundle: ModelBundle | None = None) -> PredictReport:
-    """Predict every selected row not yet predicted by this model version; see the module doc."""
+    """Predict every selected row not yet predicted by this model version; see the module doc.
+
+    ``batch_size``: images per inference call (default: the engine's, small on a CPU).
+    """
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
     bundle = bundle or registry.load(backend, name, version or ref_version)
@@ -127,16 +130,16 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
-    # Batch N commits on the writer thread while batch N+1 is scored; each its own transaction.
+    batches = decode_rows(bundle.spec, rows, batch_size or classifier.batch_size, workers)
+    # Group N commits on the writer thread while group N+1 is scored; each its own transaction.
     with BackgroundWriter(depth=1) as writer:
         try:
-            for decoded in decode_rows(bundle.spec, rows, batch_size, workers):
-                probs = classifier.predict_proba(decoded.pixels) if decoded.keys else np.zeros((0, 1))
-                writer.submit(write_predictions, backend, table.name, bundle, decoded.keys, probs,
-                              decoded.failed, top_k, min_prob)
-                report.predicted += len(decoded.keys)
-                report.failed.extend(decoded.failed)
-                bar.update(len(decoded.keys) + len(decoded.failed))
+            for group in score_batches(batches, classifier.predict_proba):
+                writer.submit(write_predictions, backend, table.name, bundle, group.keys,
+                              group.outputs, group.failed, top_k, min_prob)
+                report.predicted += len(group.keys)
+                report.failed.extend(group.failed)
+                bar.update(group.rows)
             writer.drain()
         finally:
             bar.close()

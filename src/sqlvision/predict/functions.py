@@ -1,8 +1,8 @@
 """SQL functions: ``predict``, ``predict_topk`` and ``embed`` inside DuckDB and SQLite queries.
 
-DuckDB gets vectorized Arrow UDFs (a chunk of up to 2,048 rows per call: decoded on a thread
-pool, scored in batches) with struct and list results; SQLite gets row functions returning JSON,
-plus a rewrite of ``predict(...).label`` and ``unnest(...)`` into SQLite's JSON functions.
+DuckDB gets vectorized Arrow UDFs (a chunk of up to 2,048 rows per call, decoded on a thread
+pool while earlier batches are scored) with struct and list results; SQLite gets row functions
+returning JSON, plus a rewrite of ``predict(...).label`` and ``unnest(...)`` into SQLite's JSON functions.
 Models are loaded once per connection and reloaded only when a newer version is registered.
 
 The image argument is the image bytes, or a path or URI (reference-mode rows: pass ``uri``).
@@ -23,12 +23,10 @@ from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
 from sqlvision.models.runtime import OnnxClassifier
-from sqlvision.parallel import chunked, ordered_map
 from sqlvision.predict.batch import top_k_entries
-from sqlvision.storage import read_bytes
+from sqlvision.predict.stream import decode_rows
 
 FUNCTION_CALL = re.compile(r"\b(predict|predict_topk|embed)\s*\(\s*'((?:[^']|'')*)'", re.IGNORECASE)
-BATCH = 64
 _PREDICT_TYPE = "STRUCT(label VARCHAR, confidence DOUBLE)"
 _TOPK_TYPE = "STRUCT(label VARCHAR, probability DOUBLE)[]"
 
@@ -38,19 +36,20 @@ def models_in(sql: str) -> list[str]:
     return sorted({m.group(2).replace("''", "'") for m in FUNCTION_CALL.finditer(sql)})
 
 
-def image_value(value: bytes | str) -> bytes:
-    """The bytes of an image argument: image bytes as they are, or read from a path/URI."""
+def image_source(value: bytes | str) -> tuple[bytes | None, str | None]:
+    """``(data, uri)`` of an image argument: image bytes as they are, or a path/URI to read
+    (given as text, or as short bytes that are a path rather than an image)."""
     if isinstance(value, str):
-        return read_bytes(value)
+        return None, value
     if len(value) < 4096 and not value.startswith((b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF",
                                                    b"II*\x00", b"MM\x00*")):
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
-            return value
+            return value, None
         if text and "\x00" not in text and ("/" in text or "://" in text or "." in text):
-            return read_bytes(text)
-    return value
+            return None, text
+    return value, None
 
 
 class ModelCache:
@@ -84,39 +83,18 @@ class ModelCache:
         return classifier
 
 
-def _decode_all(classifier: OnnxClassifier, images: list[Any]) -> tuple[np.ndarray, list[int]]:
-    """Pixels of the images that decode, and their row positions (others stay NULL)."""
-    spec = classifier.spec
-
-    def work(chunk: list[tuple[int, Any]]) -> list[tuple[int, np.ndarray | None]]:
-        out: list[tuple[int, np.ndarray | None]] = []
-        for i, value in chunk:
-            try:
-                out.append((i, spec(image_value(value))))
-            except SqlvisionError:
-                out.append((i, None))
-        return out
-
-    rows = [(i, v) for i, v in enumerate(images) if v is not None]
-    good: list[int] = []
-    pixels: list[np.ndarray] = []
-    for chunk in ordered_map(work, chunked(rows, 16)):
-        for i, image in chunk:
-            if image is not None:
-                good.append(i)
-                pixels.append(image)
-    empty = np.zeros((0, *spec.input_shape), np.uint8)
-    return (np.stack(pixels) if pixels else empty), good
-
-
 def _score(classifier: OnnxClassifier, images: list[Any], features: bool) -> tuple[np.ndarray, list[int]]:
-    pixels, good = _decode_all(classifier, images)
-    outs = []
-    for start in range(0, len(pixels), BATCH):
-        part = pixels[start:start + BATCH]
-        outs.append(classifier.embed(part) if features else classifier.predict_proba(part))
-    width = 0 if not outs else outs[0].shape[1]
-    return (np.concatenate(outs) if outs else np.zeros((0, width))), good
+    """Outputs for the images that decode, and their row positions (the others stay NULL).
+    Images decode on threads while the batches before them are scored."""
+    rows = ((i, *image_source(value)) for i, value in enumerate(images) if value is not None)
+    score = classifier.embed if features else classifier.predict_proba
+    good: list[int] = []
+    outputs: list[np.ndarray] = []
+    for batch in decode_rows(classifier.spec, rows, classifier.batch_size):
+        if batch.keys:
+            good.extend(batch.keys)
+            outputs.append(score(batch.pixels))
+    return (np.concatenate(outputs) if outputs else np.zeros((0, 0))), good
 
 
 def _by_model(models: list[Any]) -> dict[str, list[int]]:

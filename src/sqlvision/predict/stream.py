@@ -3,7 +3,7 @@ assembled in order. Memory stays bounded by a few fetch batches, whatever the ta
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,41 @@ def decode_rows(spec: PreprocessSpec, rows: Iterator[tuple[Any, bytes | None, st
     if keys or failed:
         empty = np.zeros((0, *spec.input_shape), np.uint8)
         yield Decoded(keys, np.stack(pixels) if pixels else empty, failed)
+
+
+@dataclass
+class Scored:
+    """A group of rows to write at once: the keys scored, their outputs, and the failures."""
+
+    keys: list[Any]
+    outputs: np.ndarray
+    failed: list[tuple[Any, str]]
+
+    @property
+    def rows(self) -> int:
+        """Rows in the group, scored or failed."""
+        return len(self.keys) + len(self.failed)
+
+
+def score_batches(batches: Iterable[Decoded], score: Callable[[np.ndarray], np.ndarray],
+                  group_rows: int = 256) -> Iterator[Scored]:
+    """Score each decoded batch and yield the results in groups of about ``group_rows`` rows.
+
+    Inference batches are small (fast on a CPU); writes are not (a transaction per group).
+    """
+    keys: list[Any] = []
+    outputs: list[np.ndarray] = []
+    failed: list[tuple[Any, str]] = []
+    for batch in batches:
+        if batch.keys:
+            keys.extend(batch.keys)
+            outputs.append(score(batch.pixels))
+        failed.extend(batch.failed)
+        if len(keys) + len(failed) >= group_rows:
+            yield Scored(keys, np.concatenate(outputs) if outputs else np.zeros((0, 1)), failed)
+            keys, outputs, failed = [], [], []
+    if keys or failed:
+        yield Scored(keys, np.concatenate(outputs) if outputs else np.zeros((0, 1)), failed)
 
 
 def table_rows(backend: Backend, sql: str, params: Sequence[Any] = (),
