@@ -315,8 +315,8 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
     p.add_argument("--device", help="cuda to run on the GPU")
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help="images per inference call (default: 8 on a CPU, 64 on a GPU)")
-    p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: cores + 1)")
+                   help="images per inference call (default: 4 on a CPU, 64 on a GPU)")
+    p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: one per core)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--id-col", metavar="COL")
     p.add_argument("--image-col", metavar="COL")

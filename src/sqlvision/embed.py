@@ -17,7 +17,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle, weights_from_bytes
 from sqlvision.models.runtime import load_classifier
 from sqlvision.predict.batch import check_integer_ids
-from sqlvision.predict.stream import decode_one, decode_rows, score_batches, table_rows
+from sqlvision.predict.stream import decode_one, score_rows, table_rows
 from sqlvision.progress import progress_bar
 from sqlvision.storage import read_bytes
 from sqlvision.tables import ImageTable, image_bytes
@@ -65,8 +65,8 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     """Store the vectors of every selected row not yet embedded by this model version."""
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
-    bundle = registry.load(backend, name, version or ref_version)
-    classifier = load_classifier(bundle, engine)
+    bundle = registry.load(backend, name, version or ref_version, weights=engine == "torch")
+    classifier = load_classifier(bundle, engine, threads=1)
     if not classifier.has_features:
         raise SqlvisionError(f"model {bundle.ref} has no feature output",
                              "embed with a model sqlvision trained")
@@ -93,8 +93,8 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     schema = arrow_schema(EMBEDDING_COLUMNS)
     bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
     try:
-        batches = decode_rows(bundle.spec, rows, batch_size or classifier.batch_size, workers)
-        for group in score_batches(batches, classifier.embed):
+        for group in score_rows(bundle.spec, rows, classifier.embed,
+                                batch_size or classifier.batch_size, classifier.callers, workers):
             report.failed += len(group.failed)
             bar.update(group.rows)
             if not group.keys:

@@ -104,22 +104,28 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value or {}
 
 
-def load(backend: Backend, name: str, version: int | None = None) -> ModelBundle:
-    """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists."""
+def load(backend: Backend, name: str, version: int | None = None, *,
+         weights: bool = True) -> ModelBundle:
+    """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists.
+
+    ``weights=False`` leaves the PyTorch weights out: ONNX Runtime needs only the graph.
+    """
     if not backend.table_exists(MODELS):
         raise SqlvisionError(f"model {name!r} not found: no models yet",
                              "train one first: sqlvision train NAME --table TABLE")
     where, params = "name = ?", [name]
     if version is not None:
         where, params = "name = ? AND version = ?", [name, int(version)]  # type: ignore[list-item]
-    rows = backend.query(f"SELECT * FROM {backend.quote(MODELS)} WHERE {where} "
+    columns = ", ".join(backend.quote_column(c.name) if weights or c.name != "weights"
+                        else "NULL AS weights" for c in MODEL_COLUMNS)
+    rows = backend.query(f"SELECT {columns} FROM {backend.quote(MODELS)} WHERE {where} "
                          "ORDER BY version DESC LIMIT 1", params).to_pylist()
     if not rows:
         what = f"{name}:{version}" if version is not None else name
         raise SqlvisionError(f"model {what!r} not found (models: {_known(backend)})",
                              "check the name and version with: sqlvision models list")
     r = rows[0]
-    for part in ("onnx", "weights"):
+    for part in ("onnx", "weights") if weights else ("onnx",):
         if r[part] is None:
             r[part] = _load_part(backend, r["name"], int(r["version"]), part)
     return ModelBundle(

@@ -22,7 +22,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import load_classifier
 from sqlvision.parallel import BackgroundWriter
-from sqlvision.predict.stream import decode_rows, score_batches, table_rows
+from sqlvision.predict.stream import score_rows, table_rows
 from sqlvision.predict.view import create_predicted_view, predicted_view_name
 from sqlvision.progress import progress_bar
 from sqlvision.tables import ImageTable
@@ -104,9 +104,9 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     """
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
-    bundle = bundle or registry.load(backend, name, version or ref_version)
+    bundle = bundle or registry.load(backend, name, version or ref_version, weights=engine == "torch")
     assert bundle.version is not None
-    classifier = load_classifier(bundle, engine, device)
+    classifier = load_classifier(bundle, engine, device, threads=1)
     check_integer_ids(backend, table)
     predicted_view_name(table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
@@ -130,11 +130,12 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
-    batches = decode_rows(bundle.spec, rows, batch_size or classifier.batch_size, workers)
+    groups = score_rows(bundle.spec, rows, classifier.predict_proba,
+                        batch_size or classifier.batch_size, classifier.callers, workers)
     # Group N commits on the writer thread while group N+1 is scored; each its own transaction.
     with BackgroundWriter(depth=1) as writer:
         try:
-            for group in score_batches(batches, classifier.predict_proba):
+            for group in groups:
                 writer.submit(write_predictions, backend, table.name, bundle, group.keys,
                               group.outputs, group.failed, top_k, min_prob)
                 report.predicted += len(group.keys)

@@ -1,7 +1,7 @@
 """SQL functions: ``predict``, ``predict_topk`` and ``embed`` inside DuckDB and SQLite queries.
 
-DuckDB gets vectorized Arrow UDFs (a chunk of up to 2,048 rows per call, decoded on a thread
-pool while earlier batches are scored) with struct and list results; SQLite gets row functions
+DuckDB gets vectorized Arrow UDFs (a chunk of up to 2,048 rows per call, decoded and scored in
+batches on one thread per core) with struct and list results; SQLite gets row functions
 returning JSON, plus a rewrite of ``predict(...).label`` and ``unnest(...)`` into SQLite's JSON functions.
 Models are loaded once per connection and reloaded only when a newer version is registered.
 
@@ -24,7 +24,7 @@ from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
 from sqlvision.models.runtime import OnnxClassifier
 from sqlvision.predict.batch import top_k_entries
-from sqlvision.predict.stream import decode_rows
+from sqlvision.predict.stream import score_rows
 
 FUNCTION_CALL = re.compile(r"\b(predict|predict_topk|embed)\s*\(\s*'((?:[^']|'')*)'", re.IGNORECASE)
 _PREDICT_TYPE = "STRUCT(label VARCHAR, confidence DOUBLE)"
@@ -73,7 +73,8 @@ class ModelCache:
                     [name])
                 if latest == current.bundle.version:
                     continue
-            self.loaded[ref] = OnnxClassifier(registry.load(self.backend, name, version))
+            self.loaded[ref] = OnnxClassifier(registry.load(self.backend, name, version, weights=False),
+                                              threads=1)
 
     def get(self, ref: str) -> OnnxClassifier:
         classifier = self.loaded.get(ref)
@@ -84,17 +85,14 @@ class ModelCache:
 
 
 def _score(classifier: OnnxClassifier, images: list[Any], features: bool) -> tuple[np.ndarray, list[int]]:
-    """Outputs for the images that decode, and their row positions (the others stay NULL).
-    Images decode on threads while the batches before them are scored."""
+    """Outputs for the images that decode, and their row positions (the others stay NULL)."""
     rows = ((i, *image_source(value)) for i, value in enumerate(images) if value is not None)
     score = classifier.embed if features else classifier.predict_proba
-    good: list[int] = []
-    outputs: list[np.ndarray] = []
-    for batch in decode_rows(classifier.spec, rows, classifier.batch_size):
-        if batch.keys:
-            good.extend(batch.keys)
-            outputs.append(score(batch.pixels))
-    return (np.concatenate(outputs) if outputs else np.zeros((0, 0))), good
+    groups = list(score_rows(classifier.spec, rows, score, classifier.batch_size, classifier.callers,
+                             group_rows=len(images) + 1))
+    if not groups or not groups[0].keys:
+        return np.zeros((0, 0)), []
+    return groups[0].outputs, groups[0].keys
 
 
 def _by_model(models: list[Any]) -> dict[str, list[int]]:

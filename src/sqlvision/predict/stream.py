@@ -1,5 +1,5 @@
-"""Rows to model-ready batches: fetched on a background thread, decoded on a thread pool,
-assembled in order. Memory stays bounded by a few fetch batches, whatever the table size."""
+"""Rows to scored batches: fetched on a background thread, decoded and scored on a thread pool,
+kept in order. Memory stays bounded by a few fetch batches, whatever the table size."""
 
 from __future__ import annotations
 
@@ -34,32 +34,19 @@ def decode_one(spec: PreprocessSpec, key: Any, data: bytes | None,
         return key, None, str(exc)
 
 
-def decode_rows(spec: PreprocessSpec, rows: Iterator[tuple[Any, bytes | None, str | None]],
-                batch_size: int = 32, workers: int | None = None) -> Iterator[Decoded]:
-    """Decode ``(key, data, uri)`` rows in parallel, in order, into batches of ``batch_size``.
-
-    One decode thread per core plus one: inference uses the cores too, so more threads only
-    steal time from it.
-    """
-    def work(chunk: list[tuple[Any, bytes | None, str | None]]) -> list[tuple[Any, Any, Any]]:
-        return [decode_one(spec, *row) for row in chunk]
-
+def decode_batch(spec: PreprocessSpec, rows: Sequence[tuple[Any, bytes | None, str | None]]) -> Decoded:
+    """Decode ``(key, data, uri)`` rows into one batch; rows that fail are listed, not raised."""
     keys: list[Any] = []
     pixels: list[np.ndarray] = []
     failed: list[tuple[Any, str]] = []
-    for chunk in ordered_map(work, chunked(rows, 16), workers=workers or cpu_count() + 1):
-        for key, image, reason in chunk:
-            if image is None:
-                failed.append((key, reason or "unreadable"))
-                continue
+    for key, image, reason in (decode_one(spec, *row) for row in rows):
+        if image is None:
+            failed.append((key, reason or "unreadable"))
+        else:
             keys.append(key)
             pixels.append(image)
-            if len(keys) == batch_size:
-                yield Decoded(keys, np.stack(pixels), failed)
-                keys, pixels, failed = [], [], []
-    if keys or failed:
-        empty = np.zeros((0, *spec.input_shape), np.uint8)
-        yield Decoded(keys, np.stack(pixels) if pixels else empty, failed)
+    return Decoded(keys, np.stack(pixels) if pixels else np.zeros((0, *spec.input_shape), np.uint8),
+                   failed)
 
 
 @dataclass
@@ -76,20 +63,37 @@ class Scored:
         return len(self.keys) + len(self.failed)
 
 
-def score_batches(batches: Iterable[Decoded], score: Callable[[np.ndarray], np.ndarray],
-                  group_rows: int = 256) -> Iterator[Scored]:
-    """Score each decoded batch and yield the results in groups of about ``group_rows`` rows.
+def score_rows(spec: PreprocessSpec, rows: Iterable[tuple[Any, bytes | None, str | None]],
+               score: Callable[[np.ndarray], np.ndarray], batch_size: int, callers: int = 1,
+               workers: int | None = None, group_rows: int = 256) -> Iterator[Scored]:
+    """``(key, data, uri)`` rows decoded and scored in batches of ``batch_size``, in order,
+    yielded in groups of about ``group_rows`` rows (one write each).
 
-    Inference batches are small (fast on a CPU); writes are not (a transaction per group).
+    ``callers`` > 1 (CPU inference on single-threaded sessions): that many threads (or
+    ``workers``) each decode a batch and score it. Every core does one or the other, never
+    both at once, and a batch stays in its core's cache from decode to score. ``callers`` = 1
+    (a GPU, or an engine that is multi-threaded itself): batches decode ahead on ``workers``
+    threads (default: one per core plus one) while this thread scores.
     """
+    def decode_and_score(batch: list[tuple[Any, bytes | None, str | None]]) -> tuple[Decoded, Any]:
+        decoded = decode_batch(spec, batch)
+        return decoded, score(decoded.pixels) if decoded.keys else None
+
+    batches = chunked(rows, batch_size)
+    if callers > 1:
+        scored: Iterator[tuple[Decoded, Any]] = ordered_map(decode_and_score, batches,
+                                                             workers=workers or callers)
+    else:
+        decoded = ordered_map(lambda b: decode_batch(spec, b), batches, workers=workers or cpu_count() + 1)
+        scored = ((d, score(d.pixels) if d.keys else None) for d in decoded)
     keys: list[Any] = []
     outputs: list[np.ndarray] = []
     failed: list[tuple[Any, str]] = []
-    for batch in batches:
-        if batch.keys:
-            keys.extend(batch.keys)
-            outputs.append(score(batch.pixels))
-        failed.extend(batch.failed)
+    for decoded_batch, output in scored:
+        keys.extend(decoded_batch.keys)
+        failed.extend(decoded_batch.failed)
+        if output is not None:
+            outputs.append(output)
         if len(keys) + len(failed) >= group_rows:
             yield Scored(keys, np.concatenate(outputs) if outputs else np.zeros((0, 1)), failed)
             keys, outputs, failed = [], [], []
