@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -27,6 +29,19 @@ from tests.conftest import SERVER_URLS
 def test_embedded_urls(url: str, scheme: str, path: str) -> None:
     parsed = parse_url(url)
     assert (parsed.scheme, parsed.path) == (scheme, path)
+
+
+def test_duckdb_url_options_are_duckdb_settings(tmp_path: Path) -> None:
+    path = tmp_path / "opts.duckdb"
+    with sv.connect(f"duckdb:///{path}?memory_limit=300MB&threads=1") as db:
+        db.backend.execute("CREATE TABLE t AS SELECT 1 AS x")
+        assert db.sql("SELECT current_setting('threads')").scalar() == 1
+        assert "286" in db.sql("SELECT current_setting('memory_limit')").scalar()  # 300 MB in MiB
+    assert path.exists() and not (tmp_path / "opts.duckdb?memory_limit=300MB&threads=1").exists()
+    with pytest.raises(sv.SqlvisionError, match=r"bad DuckDB option.*bogus"):
+        sv.connect(f"duckdb:///{tmp_path / 'other.duckdb'}?bogus=1")
+    with pytest.raises(sv.SqlvisionError, match="SQLite URLs take no options"):
+        parse_url("sqlite:///a.sqlite?x=1")
 
 
 def test_default_url_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

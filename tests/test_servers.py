@@ -65,7 +65,7 @@ def test_connection_lost_mid_predict_fails_cleanly_and_a_rerun_completes(
     def write_then_lose_the_connection(backend: Any, *args: Any, **kwargs: Any) -> None:
         real_write(backend, *args, **kwargs)
         written.append(1)
-        if len(written) == 3:
+        if len(written) == 2:
             kill_connection(backend)
 
     monkeypatch.setattr(batch, "write_predictions", write_then_lose_the_connection)
@@ -76,7 +76,7 @@ def test_connection_lost_mid_predict_fails_cleanly_and_a_rerun_completes(
     monkeypatch.setattr(batch, "write_predictions", real_write)
     with sv.connect(server_url) as db:
         report = db.predict("fm", "fashion", where="id <= 600", progress=False)
-        assert report.already == 96 and report.predicted == 504  # three batches of 32 kept
+        assert report.already == 512 and report.predicted == 88  # two groups of 256 kept
         counts = db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall()
         assert counts == [(600, 600)]
 

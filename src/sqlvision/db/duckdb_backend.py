@@ -7,6 +7,7 @@ import itertools
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 import duckdb
 import pyarrow as pa
@@ -49,16 +50,20 @@ class DuckDBBackend(InformationSchemaBackend):
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
         try:
-            self.con, self.catalog = self._open(url.path)
+            self.con, self.catalog = self._open(url.path, dict(parse_qsl(url.query)))
         except duckdb.IOException as exc:
             raise SqlvisionError(
                 f"cannot open DuckDB database {url.path!r}: {exc}",
                 "close the other process using it, or use another --db file",
             ) from exc
+        except duckdb.InvalidInputException as exc:
+            raise SqlvisionError(f"bad DuckDB option in {url.raw!r}: {exc}",
+                                 "use DuckDB settings, e.g. ?memory_limit=2GB&threads=4") from exc
 
     @staticmethod
-    def _open(path: str) -> tuple[duckdb.DuckDBPyConnection, str | None]:
-        """Open ``path`` with row groups of 2,048 rows (one vector) instead of 122,880.
+    def _open(path: str, config: dict[str, Any]) -> tuple[duckdb.DuckDBPyConnection, str | None]:
+        """Open ``path`` with DuckDB settings ``config`` (the URL's ``?memory_limit=2GB&...``),
+        and row groups of 2,048 rows (one vector) instead of 122,880.
 
         DuckDB writes a committed batch straight to the database file, skipping the WAL, only
         once the batch fills a row group; with image-sized rows a default row group is
@@ -67,8 +72,8 @@ class DuckDBBackend(InformationSchemaBackend):
         ``duckdb.connect(path)`` would.
         """
         if path == ":memory:":
-            return duckdb.connect(), None
-        con = duckdb.connect()
+            return duckdb.connect(config=config), None
+        con = duckdb.connect(config=config)
         stem = os.path.splitext(os.path.basename(path))[0] or "db"
         alias = stem if stem.lower() not in ("memory", "system", "temp") else f"{stem}_db"
         target = "'" + path.replace("'", "''") + "'"

@@ -74,9 +74,11 @@ def parse_url(url: str | os.PathLike[str] | None = None) -> DatabaseURL:
                              f"use one of {known}")
     scheme = found
     if scheme in ("duckdb", "sqlite"):
-        path = raw.split("://", 1)[1]
+        path, _, query = raw.split("://", 1)[1].partition("?")
         path = path[1:] if path.startswith("/") else path
-        return DatabaseURL(raw=raw, scheme=scheme, path=unquote(path) or ":memory:")
+        if query and scheme == "sqlite":
+            raise SqlvisionError(f"SQLite URLs take no options: {raw!r}", "remove the ?... part")
+        return DatabaseURL(raw=raw, scheme=scheme, path=unquote(path) or ":memory:", query=query)
     try:
         port = parts.port
     except ValueError as exc:
