@@ -1,6 +1,7 @@
 """Prediction throughput and memory, side by side in one run.
 
     python benchmarks/predict.py [--rows 1000] [--models resnet18,mobilenetv3_large_100]
+                                 [--memory-db postgresql:///test]
 
 On clothing-small JPEGs (../shared/data/clothing-small/train), with randomly initialized timm
 models at 224 px (weights do not change the cost); round-robin, best of ``--repeat`` rounds
@@ -14,7 +15,7 @@ models at 224 px (weights do not change the cost); round-robin, best of ``--repe
   files with PIL + torchvision transforms, eager model, no_grad;
 - SQL predict(): SELECT id, predict(...).label FROM the table, every row fetched;
 - memory: peak RSS of `predict` over --memory-rows rows and over 10x as many, in fresh processes,
-  with DuckDB's default memory_limit and with a 256 MB one.
+  with DuckDB's default memory_limit and with a 512 MB one (and, with --memory-db, on a server).
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ print(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 def peak_rss_mb(url: str, model: str, table: str) -> float:
     """Peak resident memory of ``predict`` in a fresh process, in MiB."""
     out = subprocess.run([sys.executable, "-c", _MEMORY, url, model, table], capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    if out.returncode:
+        raise SystemExit(f"predict over {table} failed: {out.stderr.strip().splitlines()[-1]}")
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
@@ -155,6 +158,9 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=int, default=2048,
                         help="rows of the 1x memory run (a DuckDB vector is 2,048 rows)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds for the throughput figures")
+    parser.add_argument("--memory-db", metavar="URL",
+                        help="also measure memory with the images in this server database, e.g. "
+                             "postgresql:///test (in a schema of its own, dropped afterwards)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = f"duckdb:///{Path(tmp) / 'p.duckdb'}"
@@ -196,18 +202,39 @@ def main() -> None:
                 print(f"  SQL predict() over the table    {in_sql:8.1f} img/s   vs batch predict "
                       f"{in_sql / e2e:.2f}  (target >= 0.8)")
             small = args.models.split(",")[-1]
-            m = args.memory_rows
-            db.backend.execute("CREATE TABLE mem1 AS SELECT row_number() OVER () AS id, data, uri "
-                               f"FROM all_photos, range(2) LIMIT {m}")
-            db.backend.execute("CREATE TABLE mem10 AS SELECT row_number() OVER () AS id, data, uri "
-                               "FROM mem1, range(10)")
+            memory_tables(db, args.memory_rows)
+        m = args.memory_rows
         print(f"\npeak memory of predict ({small}), {m} rows vs {10 * m} rows (target <= 1.2):")
         # DuckDB keeps the blocks a scan read in its buffer pool, up to its memory_limit (80% of
         # RAM by default): the process grows with the table until then, then stays flat.
-        for label, options in (("DuckDB defaults", ""), ("?memory_limit=256MB", "?memory_limit=256MB")):
-            one = peak_rss_mb(url + options, small, "mem1")
-            ten = peak_rss_mb(url + options, small, "mem10")
-            print(f"  {label:20s} {one:6.0f} MiB  {ten:6.0f} MiB  ratio {ten / one:.2f}")
+        for label, options in (("DuckDB defaults", ""), ("?memory_limit=512MB", "?memory_limit=512MB")):
+            memory_line(f"DuckDB, {label}", url + options, small)
+    if args.memory_db:
+        # A server keeps the images in its own memory: what remains is sqlvision's.
+        server = f"{args.memory_db}{'&' if '?' in args.memory_db else '?'}schema=sv_bench_memory"
+        with sv.connect(server) as db:
+            db.ingest("all_photos", SHARED / "clothing-small" / "train", progress=False)
+            register_random(db, small, classes, pixels[:4])
+            memory_tables(db, args.memory_rows)
+        try:
+            memory_line(args.memory_db.split(":")[0], server, small)
+        finally:
+            with sv.connect(server) as db:
+                db.backend.execute("DROP SCHEMA sv_bench_memory CASCADE")
+
+
+def memory_tables(db: sv.Database, rows: int) -> None:
+    """``mem1`` (``rows`` images) and ``mem10`` (ten copies of them)."""
+    db.backend.execute("CREATE TABLE mem1 AS SELECT row_number() OVER () AS id, data, uri "
+                       f"FROM all_photos, generate_series(1, 2) AS g LIMIT {rows}")
+    db.backend.execute("CREATE TABLE mem10 AS SELECT row_number() OVER () AS id, data, uri "
+                       "FROM mem1, generate_series(1, 10) AS g")
+
+
+def memory_line(label: str, url: str, model: str) -> None:
+    one = peak_rss_mb(url, model, "mem1")
+    ten = peak_rss_mb(url, model, "mem10")
+    print(f"  {label:32s} {one:6.0f} MiB  {ten:6.0f} MiB  ratio {ten / one:.2f}")
 
 
 if __name__ == "__main__":
