@@ -86,19 +86,20 @@ def score_rows(spec: PreprocessSpec, rows: Iterable[tuple[Any, bytes | None, str
     else:
         decoded = ordered_map(lambda b: decode_batch(spec, b), batches, workers=workers or cpu_count() + 1)
         scored = ((d, score(d.pixels) if d.keys else None) for d in decoded)
-    keys: list[Any] = []
+    group = Scored([], np.zeros((0, 1)), [])
     outputs: list[np.ndarray] = []
-    failed: list[tuple[Any, str]] = []
     for decoded_batch, output in scored:
-        keys.extend(decoded_batch.keys)
-        failed.extend(decoded_batch.failed)
+        group.keys.extend(decoded_batch.keys)
+        group.failed.extend(decoded_batch.failed)
         if output is not None:
             outputs.append(output)
-        if len(keys) + len(failed) >= group_rows:
-            yield Scored(keys, np.concatenate(outputs) if outputs else np.zeros((0, 1)), failed)
-            keys, outputs, failed = [], [], []
-    if keys or failed:
-        yield Scored(keys, np.concatenate(outputs) if outputs else np.zeros((0, 1)), failed)
+        if group.rows >= group_rows:
+            group.outputs = np.concatenate(outputs) if outputs else group.outputs
+            yield group
+            group, outputs = Scored([], np.zeros((0, 1)), []), []
+    if group.rows:
+        group.outputs = np.concatenate(outputs) if outputs else group.outputs
+        yield group
 
 
 def table_rows(backend: Backend, sql: str, params: Sequence[Any] = (),
