@@ -37,6 +37,8 @@ def test_duckdb_url_options_are_duckdb_settings(tmp_path: Path) -> None:
         db.backend.execute("CREATE TABLE t AS SELECT 1 AS x")
         assert db.sql("SELECT current_setting('threads')").scalar() == 1
         assert "286" in db.sql("SELECT current_setting('memory_limit')").scalar()  # 300 MB in MiB
+        # spills go beside the database file, not into the working directory
+        assert db.sql("SELECT current_setting('temp_directory')").scalar() == f"{path}.tmp"
     assert path.exists() and not (tmp_path / "opts.duckdb?memory_limit=300MB&threads=1").exists()
     with pytest.raises(sv.SqlvisionError, match=r"bad DuckDB option.*bogus"):
         sv.connect(f"duckdb:///{tmp_path / 'other.duckdb'}?bogus=1")

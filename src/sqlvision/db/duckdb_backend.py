@@ -69,11 +69,13 @@ class DuckDBBackend(InformationSchemaBackend):
         once the batch fills a row group; with image-sized rows a default row group is
         gigabytes, so every batch would be written twice. Small row groups halve the cost of
         storing image bytes. The catalog keeps the file's stem as its name, as a plain
-        ``duckdb.connect(path)`` would.
+        ``duckdb.connect(path)`` would, and so does the spill folder (``PATH.tmp``).
         """
         if path == ":memory:":
             return duckdb.connect(config=config), None
-        con = duckdb.connect(config=config)
+        # Spill files beside the database, as DuckDB does for a file it opens itself (the
+        # in-memory instance this attaches to would spill into ./.tmp of whatever folder).
+        con = duckdb.connect(config={"temp_directory": f"{path}.tmp", **config})
         stem = os.path.splitext(os.path.basename(path))[0] or "db"
         alias = stem if stem.lower() not in ("memory", "system", "temp") else f"{stem}_db"
         target = "'" + path.replace("'", "''") + "'"
