@@ -66,7 +66,7 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
     bundle = registry.load(backend, name, version or ref_version, weights=engine == "torch")
-    classifier = load_classifier(bundle, engine, threads=1)
+    classifier = load_classifier(bundle, engine)
     if not classifier.has_features:
         raise SqlvisionError(f"model {bundle.ref} has no feature output",
                              "embed with a model sqlvision trained")
@@ -93,8 +93,8 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     schema = arrow_schema(EMBEDDING_COLUMNS)
     bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
     try:
-        for group in score_rows(bundle.spec, rows, classifier.embed,
-                                batch_size or classifier.batch_size, classifier.callers, workers):
+        for group in score_rows(classifier, rows, features=True, batch_size=batch_size,
+                                workers=workers):
             report.failed += len(group.failed)
             bar.update(group.rows)
             if not group.keys:

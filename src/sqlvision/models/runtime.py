@@ -51,9 +51,9 @@ class OnnxClassifier:
         chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available]
         self.session = ort.InferenceSession(bundle.onnx, options,
                                             providers=chosen or ["CPUExecutionProvider"])
-        self.on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
-        self.batch_size = CPU_BATCH if self.on_cpu else GPU_BATCH
-        self.callers = max(1, cpu_count() // threads) if self.on_cpu else 1
+        on_cpu = self.session.get_providers()[0] == "CPUExecutionProvider"
+        self.batch_size = CPU_BATCH if on_cpu else GPU_BATCH
+        self.callers = max(1, cpu_count() // threads) if on_cpu else 1
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -112,7 +112,6 @@ class TorchClassifier(OnnxClassifier):
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
         self.model = with_features(model).to(self.device).eval()
-        self.on_cpu = self.device.type == "cpu"
         self.batch_size = GPU_BATCH  # on a CPU too: torch's threads split each batch
         self.callers = 1  # torch's thread count is process-wide: one caller, all cores
         self.output_names = ["logits", "features"]
@@ -126,13 +125,14 @@ class TorchClassifier(OnnxClassifier):
         return logits.float().cpu().numpy(), feats.float().cpu().numpy() if features else None
 
 
-def load_classifier(bundle: ModelBundle, engine: str = "onnxruntime", device: str | None = None,
-                    threads: int | None = None) -> OnnxClassifier:
-    """The scorer for ``bundle`` on ``engine`` (``onnxruntime`` or ``torch``); ``threads`` as
-    for :class:`OnnxClassifier` (1 for one caller per core)."""
+def load_classifier(bundle: ModelBundle, engine: str = "onnxruntime",
+                    device: str | None = None) -> OnnxClassifier:
+    """The scorer for ``bundle`` on ``engine`` (``onnxruntime`` or ``torch``), built for bulk
+    work: under ONNX Runtime on a CPU, a single-threaded session called from a thread per core
+    (see :func:`sqlvision.predict.stream.score_rows`)."""
     if engine == "onnxruntime":
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else None
-        return OnnxClassifier(bundle, providers=providers, threads=threads)
+        return OnnxClassifier(bundle, providers=providers, threads=1)
     if engine == "torch":
         return TorchClassifier(bundle, device)
     raise SqlvisionError(f"unknown engine {engine!r}", f"use one of {', '.join(ENGINES)}")

@@ -106,7 +106,7 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     name, ref_version = registry.parse_ref(model)
     bundle = bundle or registry.load(backend, name, version or ref_version, weights=engine == "torch")
     assert bundle.version is not None
-    classifier = load_classifier(bundle, engine, device, threads=1)
+    classifier = load_classifier(bundle, engine, device)
     check_integer_ids(backend, table)
     predicted_view_name(table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
@@ -130,8 +130,7 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
-    groups = score_rows(bundle.spec, rows, classifier.predict_proba,
-                        batch_size or classifier.batch_size, classifier.callers, workers)
+    groups = score_rows(classifier, rows, batch_size=batch_size, workers=workers)
     # Group N commits on the writer thread while group N+1 is scored; each its own transaction.
     with BackgroundWriter(depth=1) as writer:
         try:

@@ -22,7 +22,7 @@ import numpy as np
 from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
-from sqlvision.models.runtime import OnnxClassifier
+from sqlvision.models.runtime import OnnxClassifier, load_classifier
 from sqlvision.predict.batch import top_k_entries
 from sqlvision.predict.stream import score_rows
 
@@ -73,8 +73,8 @@ class ModelCache:
                     [name])
                 if latest == current.bundle.version:
                     continue
-            self.loaded[ref] = OnnxClassifier(registry.load(self.backend, name, version, weights=False),
-                                              threads=1)
+            self.loaded[ref] = load_classifier(registry.load(self.backend, name, version,
+                                                             weights=False))
 
     def get(self, ref: str) -> OnnxClassifier:
         classifier = self.loaded.get(ref)
@@ -87,9 +87,7 @@ class ModelCache:
 def _score(classifier: OnnxClassifier, images: list[Any], features: bool) -> tuple[np.ndarray, list[int]]:
     """Outputs for the images that decode, and their row positions (the others stay NULL)."""
     rows = ((i, *image_source(value)) for i, value in enumerate(images) if value is not None)
-    score = classifier.embed if features else classifier.predict_proba
-    groups = list(score_rows(classifier.spec, rows, score, classifier.batch_size, classifier.callers,
-                             group_rows=len(images) + 1))
+    groups = list(score_rows(classifier, rows, features=features, group_rows=len(images) + 1))
     if not groups or not groups[0].keys:
         return np.zeros((0, 0)), []
     return groups[0].outputs, groups[0].keys

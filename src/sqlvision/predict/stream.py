@@ -3,7 +3,7 @@ kept in order. Memory stays bounded by a few fetch batches, whatever the table s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
+from sqlvision.models.runtime import OnnxClassifier
 from sqlvision.parallel import chunked, cpu_count, ordered_map, prefetch
 from sqlvision.preprocess import PreprocessSpec
 from sqlvision.tables import image_bytes
@@ -63,23 +64,26 @@ class Scored:
         return len(self.keys) + len(self.failed)
 
 
-def score_rows(spec: PreprocessSpec, rows: Iterable[tuple[Any, bytes | None, str | None]],
-               score: Callable[[np.ndarray], np.ndarray], batch_size: int, callers: int = 1,
-               workers: int | None = None, group_rows: int = 256) -> Iterator[Scored]:
-    """``(key, data, uri)`` rows decoded and scored in batches of ``batch_size``, in order,
-    yielded in groups of about ``group_rows`` rows (one write each).
+def score_rows(classifier: OnnxClassifier, rows: Iterable[tuple[Any, bytes | None, str | None]], *,
+               features: bool = False, batch_size: int | None = None, workers: int | None = None,
+               group_rows: int = 256) -> Iterator[Scored]:
+    """``(key, data, uri)`` rows decoded by the classifier's spec and scored (probabilities, or
+    ``features``) in batches of ``batch_size`` (default: the classifier's), in order, yielded
+    in groups of about ``group_rows`` rows (one write each).
 
-    ``callers`` > 1 (CPU inference on single-threaded sessions): that many threads (or
-    ``workers``) each decode a batch and score it. Every core does one or the other, never
-    both at once, and a batch stays in its core's cache from decode to score. ``callers`` = 1
-    (a GPU, or an engine that is multi-threaded itself): batches decode ahead on ``workers``
+    ``classifier.callers`` > 1 (CPU inference on single-threaded sessions): that many threads
+    (or ``workers``) each decode a batch and score it. Every core does one or the other, never
+    both at once, and a batch stays in its core's cache from decode to score. One caller (a
+    GPU, or an engine that is multi-threaded itself): batches decode ahead on ``workers``
     threads (default: one per core plus one) while this thread scores.
     """
+    spec, callers = classifier.spec, classifier.callers
+    score = classifier.embed if features else classifier.predict_proba
     def decode_and_score(batch: list[tuple[Any, bytes | None, str | None]]) -> tuple[Decoded, Any]:
         decoded = decode_batch(spec, batch)
         return decoded, score(decoded.pixels) if decoded.keys else None
 
-    batches = chunked(rows, batch_size)
+    batches = chunked(rows, batch_size or classifier.batch_size)
     if callers > 1:
         scored: Iterator[tuple[Decoded, Any]] = ordered_map(decode_and_score, batches,
                                                              workers=workers or callers)
