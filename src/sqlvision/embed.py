@@ -1,5 +1,5 @@
-"""Embeddings: penultimate-layer vectors in ``sv_embeddings``, cosine similarity search, and
-classical models (logistic regression) fitted on them and registered as ordinary models."""
+"""Embeddings: penultimate-layer vectors in ``sv_embeddings`` and cosine similarity search.
+Classical models fitted on them live in :mod:`sqlvision.train.logistic`."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from sqlvision.catalog import utcnow
 from sqlvision.db.base import Backend, Column, arrow_schema
 from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
-from sqlvision.models.bundle import ModelBundle, weights_from_bytes
+from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import load_classifier
 from sqlvision.predict.batch import check_integer_ids
 from sqlvision.predict.stream import decode_one, score_rows, table_rows
 from sqlvision.progress import progress_bar
 from sqlvision.storage import read_bytes
-from sqlvision.tables import ImageTable, image_bytes
+from sqlvision.tables import ImageTable
 
 EMBEDDINGS = "sv_embeddings"
 EMBEDDING_COLUMNS = (
@@ -186,77 +186,3 @@ def nearest_in_database(backend: Backend, bundle: ModelBundle, table: str, query
         "AND model_version = ? ORDER BY embedding::vector <=> ?::vector LIMIT ?",
         [literal, table, bundle.name, bundle.version, literal, k])
     return rows.column(0).to_pylist(), [float(s) for s in rows.column(1).to_pylist()]
-
-
-def fit_logistic_head(backend: Backend, name: str, base: str, table: ImageTable, *,
-                      where: str | None = None, c: float = 1.0, seed: int = 0,
-                      progress: bool | None = None) -> ModelBundle:
-    """Fit a logistic regression on ``base``'s stored embeddings of ``table``'s training rows and
-    register base network + this head as model ``name``: ``predict`` and ``predict()`` use it
-    like any other model."""
-    from sqlvision.deps import require
-
-    require("sklearn", "train")
-    import torch
-    from sklearn.linear_model import LogisticRegression
-
-    from sqlvision.models import architectures
-    from sqlvision.models.export import bundle_from_torch
-    from sqlvision.train.data import select_rows
-
-    base_name, base_version = registry.parse_ref(base)
-    parent = registry.load(backend, base_name, base_version)
-    if parent.weights is None:
-        raise SqlvisionError(f"model {parent.ref} has no PyTorch weights",
-                             "use a model sqlvision trained as --from")
-    embed_table(backend, parent.ref, table, where=where, progress=progress)
-    selection = select_rows(backend, table, where)
-    label_of = {k: lab for k, lab, s in zip(selection.ids, selection.labels, selection.splits,
-                                           strict=True) if s not in ("test",)}
-    split_of = dict(zip(selection.ids, selection.splits, strict=True))
-    keys, matrix = load_embeddings(backend, parent, table.name, list(label_of))
-    if not keys:
-        raise SqlvisionError(f"no labeled, embedded rows in {table.name}", "check --where and labels")
-    train = [i for i, k in enumerate(keys) if split_of[k] not in ("validation", "val", "valid")]
-    val = [i for i, k in enumerate(keys) if split_of[k] in ("validation", "val", "valid")]
-    labels = np.asarray([label_of[k] for k in keys])
-    if len(set(labels[train])) < 2:
-        raise SqlvisionError("the training rows have fewer than two labels",
-                             "a classifier needs at least two")
-    # Standardize the features, then fold the scaling into the linear layer so the exported
-    # head computes exactly softmax(W (x - mean) / std + b).
-    mean = matrix[train].mean(axis=0)
-    std = np.maximum(matrix[train].std(axis=0), 1e-6)
-    scaled = (matrix - mean) / std
-    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    clf.fit(scaled[train], labels[train])
-    classes = [str(x) for x in clf.classes_]
-    coef = clf.coef_ / std
-    intercept = clf.intercept_ - coef @ mean
-    if len(classes) == 2:  # binary: one sigmoid row; as softmax logits that is [0, z]
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-    model = architectures.create(parent.architecture, len(parent.classes), parent.spec.channels)
-    model.load_state_dict(weights_from_bytes(parent.weights))
-    model.reset_classifier(len(classes))
-    head = model.get_classifier()
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(coef.astype(np.float32)))
-        head.bias.copy_(torch.from_numpy(intercept.astype(np.float32)))
-    metrics = {"train_accuracy": float(clf.score(scaled[train], labels[train])),
-               "train_rows": len(train), "val_rows": len(val), "head": "logistic", "C": c}
-    if val:
-        metrics["val_accuracy"] = float(clf.score(scaled[val], labels[val]))
-    q = backend.quote_column
-    uri = q(table.uri) if table.uri else "NULL"
-    sample_rows = backend.query(
-        f"SELECT {q(table.image)}, {uri} FROM {backend.quote(table.name)} "
-        f"WHERE {q(table.id)} IN ({', '.join('?' for _ in keys[:8])})", keys[:8])
-    example = np.stack([parent.spec(image_bytes(d, u)) for d, u in
-                        zip(*(c.to_pylist() for c in sample_rows.columns), strict=True)])
-    bundle = bundle_from_torch(model, name=name, architecture=parent.architecture,
-                               classes=classes, spec=parent.spec, example=example, metrics=metrics,
-                               config={"head": "logistic", "C": c, "from_model": parent.ref},
-                               lineage={"source_table": table.name, "where": where,
-                                        "parent": parent.ref, "row_count": len(keys)})
-    return registry.save(backend, bundle)

@@ -30,7 +30,7 @@ _CV2_INTERPOLATION = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nea
 
 
 @functools.cache
-def _cv2() -> Any:
+def opencv() -> Any:
     """OpenCV, imported once; its own thread pool off (callers decode on one thread per core)."""
     cv2 = require("cv2", "train")
     cv2.setNumThreads(1)
@@ -41,8 +41,10 @@ def _cv2() -> Any:
 class PreprocessSpec:
     """How bytes become the model's input tensor (float32, N x C x H x W).
 
-    ``resize``: ``squash`` stretches to ``height x width``; ``crop`` scales the shorter side and
-    center-crops; ``pad`` letterboxes on ``fill``. ``mode`` is ``L`` (1 channel) or ``RGB``.
+    ``resize``: ``squash`` stretches to ``height x width``; ``crop`` scales the shorter side to
+    the size divided by ``crop_pct`` (1: the size itself; timm's ImageNet evaluation uses 0.875,
+    224 of 256) and center-crops; ``pad`` letterboxes on ``fill``. ``mode`` is ``L`` (1 channel)
+    or ``RGB``.
 
     ``resampler``: ``opencv`` (the default) shrinks by the largest whole factor with a box
     filter (Pillow's ``reduce``), then interpolates the remaining factor (under 2) with OpenCV:
@@ -61,6 +63,7 @@ class PreprocessSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS
     fill: int = 0
     resampler: str = DEFAULT_RESAMPLER
+    crop_pct: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +84,8 @@ class PreprocessSpec:
                 "give one value per channel, e.g. --mean 0.5 --std 0.5 for grayscale")
         if any(s <= 0 for s in self.std):
             raise SqlvisionError("std values must be positive", "fix --std")
+        if not 0.25 <= self.crop_pct <= 1:
+            raise SqlvisionError(f"bad crop_pct {self.crop_pct}", "use a fraction in [0.25, 1]")
 
     @property
     def channels(self) -> int:
@@ -94,10 +99,12 @@ class PreprocessSpec:
 
     # -- serialization ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (stored with the model)."""
+        """A JSON-ready dict (stored with the model); keys this version does not know, kept in
+        ``extra``, are written back beside the others, not nested."""
         out = asdict(self)
+        extra = out.pop("extra")
         out["mean"], out["std"] = list(self.mean), list(self.std)
-        return out
+        return {**extra, **out}
 
     def to_json(self) -> str:
         """The spec as JSON text."""
@@ -141,7 +148,7 @@ class PreprocessSpec:
         if self.resize == "squash":
             return self.width, self.height
         if self.resize == "crop":
-            scale = max(self.width / width, self.height / height)
+            scale = max(self.width / width, self.height / height) / self.crop_pct
             return max(self.width, round(width * scale)), max(self.height, round(height * scale))
         scale = min(self.width / width, self.height / height)
         return max(1, round(width * scale)), max(1, round(height * scale))
@@ -156,7 +163,7 @@ class PreprocessSpec:
             arr = np.asarray(Image.fromarray(arr).reduce(factor))
             if arr.shape[1::-1] == size:
                 return arr
-        cv2 = _cv2()
+        cv2 = opencv()
         return cv2.resize(arr, size, interpolation=getattr(cv2, _CV2_INTERPOLATION[self.interpolation]))
 
     def resized(self, arr: np.ndarray) -> np.ndarray:

@@ -113,32 +113,17 @@ def check_architecture(name: str) -> None:
     raise SqlvisionError(f"unknown architecture {name!r}", hint)
 
 
-def create(name: str, num_classes: int, in_chans: int, *, drop_rate: float = 0.0,
-           pretrained: bool = False, pretrained_file: str | None = None) -> Any:
-    """Build ``name`` with a ``num_classes`` head taking ``in_chans`` channels.
-
-    ``pretrained`` loads timm's published weights through its hub; ``pretrained_file`` loads
-    them from a local file instead (timm's ``pretrained_cfg_overlay``), for offline machines.
-    """
+def create(name: str, num_classes: int, in_chans: int, *, drop_rate: float = 0.0) -> Any:
+    """Build ``name`` with a ``num_classes`` head taking ``in_chans`` channels, randomly
+    initialised (pretrained weights are loaded by :mod:`sqlvision.models.pretrained`)."""
     check_architecture(name)
     if name in _BUILTIN:
-        if pretrained or pretrained_file:
-            raise SqlvisionError(f"{name} has no published pretrained weights",
-                                 "use a timm architecture such as resnet18, or --from a model")
         factory = _BUILTIN[name][0]
         return factory(num_classes, in_chans, drop_rate=drop_rate)
     timm = require("timm", "train")
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans,
-                              "drop_rate": drop_rate}
-    if pretrained_file:
-        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
     try:
-        return timm.create_model(name, pretrained=bool(pretrained or pretrained_file), **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if pretrained and not pretrained_file:
-            raise SqlvisionError(
-                f"cannot load pretrained weights for {name}: {str(exc).splitlines()[0]}",
-                "on a machine without network access pass --pretrained-file PATH (a .pth or "
-                ".safetensors of the same architecture)") from exc
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                 drop_rate=drop_rate)
+    except (RuntimeError, ValueError) as exc:
         raise SqlvisionError(f"cannot build {name}: {str(exc).splitlines()[0]}",
-                             "check the architecture and the pretrained file") from exc
+                             "check the architecture name") from exc

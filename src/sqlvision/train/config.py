@@ -11,14 +11,17 @@ from sqlvision.train.augment import PRESETS
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
+HEADS = ("network", "logistic")
+TRAIN_LAYERS = re.compile(r"head|all|last:[1-9]\d*")
 
 
 @dataclass
 class TrainConfig:
-    """Everything that shapes a training run. ``None`` means "choose from the data"."""
+    """Everything that shapes a training run. ``None`` means "the recipe chooses from the data"
+    (see :mod:`sqlvision.train.recipes`); a value given always wins over the recipe."""
 
     arch: str | None = None
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 64
     lr: float | None = None
     optimizer: str = "adamw"
@@ -33,16 +36,18 @@ class TrainConfig:
     resampler: str | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    augment: str = "light"
+    augment: str | None = None
     balance: bool = False
     downsample: float | None = None
     val_fraction: float = 0.1
     seed: int = 0
     checkpoint_every: int = 500
     patience: int | None = None
-    pretrained: bool = False
+    pretrained: bool | None = None
     pretrained_file: str | None = None
-    train_layers: str = "all"
+    train_layers: str | None = None
+    head_epochs: int | None = None
+    probe: bool | None = None
     from_model: str | None = None
     device: str = "auto"
     workers: int | None = None
@@ -54,8 +59,10 @@ class TrainConfig:
         def bad(option: str, why: str) -> SqlvisionError:
             return SqlvisionError(f"bad --{option.replace('_', '-')}: {why}", "fix the option")
 
-        if self.epochs < 0:
+        if self.epochs is not None and self.epochs < 0:
             raise bad("epochs", "must be 0 or more")
+        if self.head_epochs is not None and self.head_epochs < 0:
+            raise bad("head_epochs", "must be 0 or more")
         if self.batch_size < 1:
             raise bad("batch_size", "must be at least 1")
         if self.lr is not None and not 0 < self.lr < 10:
@@ -70,7 +77,7 @@ class TrainConfig:
             raise bad("dropout", "must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise bad("label_smoothing", "must be in [0, 1)")
-        if self.augment not in PRESETS:
+        if self.augment is not None and self.augment not in PRESETS:
             raise bad("augment", f"use one of {', '.join(PRESETS)}")
         if self.downsample is not None and not 0 < self.downsample <= 1:
             raise bad("downsample", "must be a fraction in (0, 1]")
@@ -80,7 +87,7 @@ class TrainConfig:
             raise bad("checkpoint_every", "must be at least 1 step")
         if self.patience is not None and self.patience < 1:
             raise bad("patience", "must be at least 1 epoch")
-        if not re.fullmatch(r"head|all|last:[1-9]\d*", self.train_layers):
+        if self.train_layers is not None and not TRAIN_LAYERS.fullmatch(self.train_layers):
             raise bad("train_layers", "use head, all or last:N")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise bad("device", "use auto, cpu or cuda")

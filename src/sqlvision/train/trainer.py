@@ -1,53 +1,41 @@
-"""The training run: data selection, model set-up, the epoch loop with checkpoints and resume,
-validation and early stopping, then export, check and registration of the best epoch."""
+"""The training run: the epoch loop over a :class:`~sqlvision.train.plan.TrainPlan`, with
+phases (the classifier alone, then deeper layers), checkpoints and resume, validation and early
+stopping, then export, check and registration of the best epoch.
+
+The parts live beside it: the plan (rows, recipe, spec) in ``plan``, starting weights and
+frozen layers in ``transfer``, optimizers and schedules in ``optim``, checkpoints in
+``checkpoint``, ``sv_runs`` and the curves in ``runlog``.
+"""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from sqlvision.catalog import utcnow
-from sqlvision.db.base import Backend, Column, arrow_schema
+from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
-from sqlvision.models import architectures, registry
-from sqlvision.models.bundle import ModelBundle, weights_from_bytes
+from sqlvision.models import registry
+from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.export import bundle_from_torch
 from sqlvision.parallel import cpu_count
-from sqlvision.preprocess import PreprocessSpec
 from sqlvision.progress import progress_bar
-from sqlvision.tables import ImageTable, image_bytes
+from sqlvision.tables import ImageTable
 from sqlvision.train import augment as augmentation
+from sqlvision.train import optim
+from sqlvision.train.checkpoint import FORMAT, Checkpoints
 from sqlvision.train.config import TrainConfig
-from sqlvision.train.data import ImageStream, Selection, select_rows
-
-RUNS = "sv_runs"
-RUN_COLUMNS = (
-    Column("run_id", "key", not_null=True),
-    Column("model", "key", not_null=True),
-    Column("epoch", "int", not_null=True),
-    Column("train_loss", "double"),
-    Column("train_accuracy", "double"),
-    Column("val_loss", "double"),
-    Column("val_accuracy", "double"),
-    Column("learning_rate", "double"),
-    Column("images_per_second", "double"),
-    Column("seconds", "double"),
-    Column("skipped", "int"),
-    Column("recorded_at", "timestamp"),
-)
-SMALL_IMAGE = 64  # images at most this large train at their own size with the small-image recipe
-PHOTO_SIZE = 64  # default input size for larger images with the built-in CNNs
+from sqlvision.train.data import Batch, ImageStream
+from sqlvision.train.plan import TrainPlan, make_plan
+from sqlvision.train.runlog import RunLog, plot_curves
+from sqlvision.train.transfer import apply_parent, build_network, freeze_layers, train_mode
 
 
 @dataclass
@@ -57,7 +45,7 @@ class TrainResult:
     bundle: ModelBundle
     history: list[dict[str, Any]]
     run_id: str
-    checkpoint_dir: Path
+    checkpoint_dir: Path | None
     curves: Path | None
     skipped_unlabeled: int = 0
     skipped_unreadable: int = 0
@@ -65,154 +53,34 @@ class TrainResult:
     messages: list[str] = field(default_factory=list)
 
 
-# -- data ------------------------------------------------------------------------------------------
-def split_rows(selection: Selection, config: TrainConfig) -> tuple[list[int], list[int]]:
-    """Positions of training and validation rows: the ``split`` column when it names validation
-    rows, else a seeded, stratified hold-out of ``val_fraction``. Test rows are never used."""
-    splits = selection.splits
-    train = [i for i, s in enumerate(splits) if s in (None, "train")]
-    val = [i for i, s in enumerate(splits) if s in ("validation", "val", "valid")]
-    if not val and config.val_fraction > 0:
-        rng = np.random.default_rng([config.seed, 1])
-        by_label: dict[str, list[int]] = {}
-        for i in train:
-            by_label.setdefault(selection.labels[i], []).append(i)
-        held: set[int] = set()
-        for positions in by_label.values():
-            n = round(len(positions) * config.val_fraction)
-            if len(positions) > 1 and n:
-                held.update(rng.choice(positions, size=n, replace=False).tolist())
-        val = sorted(held)
-        train = [i for i in train if i not in held]
-    if config.downsample is not None and config.downsample < 1:
-        rng = np.random.default_rng([config.seed, 2])
-        by_label = {}
-        for i in train:
-            by_label.setdefault(selection.labels[i], []).append(i)
-        kept = []
-        for positions in by_label.values():
-            n = max(1, round(len(positions) * config.downsample))
-            kept += rng.choice(positions, size=n, replace=False).tolist()
-        train = sorted(kept)
-    return train, val
-
-
-def data_fingerprint(selection: Selection, train: list[int], val: list[int]) -> str:
-    """A hash of which rows, labels and splits a run uses (stored as lineage, checked on resume)."""
-    h = hashlib.sha256()
-    for part, positions in (("train", train), ("val", val)):
-        for i in positions:
-            h.update(f"{part}\x1f{selection.ids[i]}\x1f{selection.labels[i]}\x1e".encode())
-    return h.hexdigest()[:16]
-
-
-def sniff_images(backend: Backend, table: ImageTable, keys: list[Any]) -> tuple[int, int, str]:
-    """Median height and width and the color mode (``L`` only if all are grayscale) of a sample."""
-    stream = ImageStream(backend, table, PreprocessSpec(8, 8, "RGB"), cache_bytes=0)
-    sample = keys[:: max(1, len(keys) // 24)][:24]
-    sizes, modes = [], set()
-    from sqlvision.imaging import decode
-
-    for data, uri in stream.fetch(sample).values():
-        try:
-            img = decode(image_bytes(data, uri))
-        except SqlvisionError:
-            continue
-        sizes.append(img.size)
-        modes.add("L" if img.mode in ("L", "1", "I;16", "LA") else "RGB")
-    if not sizes:
-        raise SqlvisionError(f"none of the {len(sample)} sampled images of {table.name} decodes",
-                             "check the image column (--image-col) and the data")
-    width = int(np.median([s[0] for s in sizes]))
-    height = int(np.median([s[1] for s in sizes]))
-    return height, width, "L" if modes == {"L"} else "RGB"
-
-
-# -- model -------------------------------------------------------------------------------------------
 @dataclass
-class Parent:
-    """A model to start from: its architecture, spec, classes and PyTorch weights."""
+class RunState:
+    """Where a run stands: saved in every checkpoint, restored by ``--resume``."""
 
-    ref: str
-    architecture: str
-    spec: PreprocessSpec | None
-    classes: list[str] | None
-    state: dict[str, Any]
-
-
-def load_parent(backend: Backend, source: str, arch: str | None) -> Parent:
-    """``--from``: a registered model (``name`` or ``name:version``) or a checkpoint file."""
-    if os.path.isfile(source):
-        import torch
-
-        try:
-            blob = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise SqlvisionError(f"cannot read checkpoint {source}: {str(exc).splitlines()[0]}",
-                                 "give a checkpoint sqlvision wrote, or a PyTorch state dict") from exc
-        if isinstance(blob, dict) and "model" in blob and "arch" in blob:
-            return Parent(source, blob["arch"], PreprocessSpec.from_dict(blob["spec"]),
-                          list(blob["classes"]), blob["model"])
-        if isinstance(blob, dict) and blob and all(hasattr(v, "shape") for v in blob.values()):
-            if arch is None:
-                raise SqlvisionError(f"{source} is a plain state dict", "name its --arch")
-            return Parent(source, arch, None, None, blob)
-        raise SqlvisionError(f"{source} is not a checkpoint", "give a .pt file written by sqlvision")
-    name, version = registry.parse_ref(source)
-    bundle = registry.load(backend, name, version)
-    if bundle.weights is None:
-        raise SqlvisionError(f"model {bundle.ref} has no PyTorch weights (it was imported from ONNX)",
-                             "start from a model sqlvision trained, or a checkpoint file")
-    return Parent(bundle.ref, bundle.architecture, bundle.spec, bundle.classes,
-                  weights_from_bytes(bundle.weights))
+    run_id: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # the epoch to run next (0-based)
+    step: int = 0  # batches of that epoch already done
+    running: dict[str, Any] = field(default_factory=dict)  # that epoch's partial sums
 
 
-def apply_parent(model: Any, parent: Parent, classes: list[str]) -> str:
-    """Load the parent's weights; its head too when the classes are the same. Returns a note."""
-    state = dict(parent.state)
-    head_names = {n for n, _ in model.get_classifier().named_parameters()}
-    same_classes = parent.classes == classes
-    if not same_classes:
-        prefix = _classifier_prefix(model)
-        state = {k: v for k, v in state.items() if not (prefix and k.startswith(prefix))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    real_missing = [k for k in missing if not any(k.endswith(h) for h in head_names)]
-    if real_missing or unexpected:
-        raise SqlvisionError(
-            f"weights of {parent.ref} do not fit {parent.architecture} here "
-            f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})",
-            "use the same --arch and color mode as the parent model")
-    return "all layers" if same_classes else "all but the classifier (new classes)"
+@dataclass
+class EpochSums:
+    """Running loss and accuracy of one epoch."""
+
+    loss: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, correct: int, n: int) -> None:
+        self.loss += loss * n
+        self.correct += correct
+        self.seen += n
 
 
-def _classifier_prefix(model: Any) -> str | None:
-    head = model.get_classifier()
-    for name, module in model.named_modules():
-        if module is head:
-            return name + "."
-    return None
-
-
-def freeze_layers(model: Any, spec: str) -> int:
-    """``head``: train only the classifier; ``last:N``: the last N top-level blocks (the
-    classifier included); ``all``. Returns the number of trainable parameters."""
-    if spec != "all":
-        blocks = [m for _, m in model.named_children() if any(True for _ in m.parameters())]
-        if hasattr(model, "features") and len(blocks) <= 3:  # built-in CNNs: count conv layers
-            import torch.nn as nn
-            blocks = [m for m in model.features if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]
-            blocks.append(model.get_classifier())
-        head = model.get_classifier()
-        keep = [head] if spec == "head" else blocks[-int(spec.split(":")[1]):]
-        for p in model.parameters():
-            p.requires_grad = False
-        for block in (*keep, head):
-            for p in block.parameters():
-                p.requires_grad = True
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# -- the run -------------------------------------------------------------------------------------------
 class Trainer:
     """One training run of model ``name`` on ``table``; :meth:`fit` does the work."""
 
@@ -222,422 +90,355 @@ class Trainer:
         self.backend, self.name, self.table = backend, name, table
         self.config = config.validate()
         self.where = where
-        self.dir = Path(checkpoint_dir or Path("sqlvision-runs") / name)
+        self.checkpoints = Checkpoints(Path(checkpoint_dir or Path("sqlvision-runs") / name))
         self.resume = resume
         self.progress = progress
         self.log = log
 
-    # -- set-up ---------------------------------------------------------------------------------------
-    def prepare(self) -> None:
-        cfg = self.config
-        self.selection = select_rows(self.backend, self.table, self.where)
-        sel = self.selection
-        if not sel.ids:
-            where = f" matching {self.where!r}" if self.where else ""
-            raise SqlvisionError(f"no labeled rows in {self.table.name}{where} "
-                                 f"({sel.unlabeled} unlabeled)", "check the table, --where and labels")
-        self.train_pos, self.val_pos = split_rows(sel, cfg)
-        if not self.train_pos:
-            raise SqlvisionError(f"no training rows in {self.table.name} (all are validation or test)",
-                                 "add rows with split 'train' or NULL")
-        self.parent = load_parent(self.backend, cfg.from_model, cfg.arch) if cfg.from_model else None
-        counts = Counter(sel.labels[i] for i in self.train_pos)
-        self.classes = sorted(counts)
-        if len(self.classes) < 2:
-            raise SqlvisionError(f"only one class ({self.classes[0]!r}) in the training rows",
-                                 "a classifier needs at least two labels")
-        if self.parent and self.parent.classes and set(self.classes) <= set(self.parent.classes):
-            self.classes = list(self.parent.classes)  # keep the parent's head and class order
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.val_pos = [i for i in self.val_pos if sel.labels[i] in index]
-        self.targets = np.asarray([index.get(lab, -1) for lab in sel.labels], np.int64)
-        self.class_counts = counts
-        self.spec = self._spec()
-        self.arch = cfg.arch or (self.parent.architecture if self.parent else self._default_arch())
-        architectures.check_architecture(self.arch)
-        if self.parent and self.arch != self.parent.architecture:
-            raise SqlvisionError(f"--arch {self.arch} differs from {self.parent.ref}'s "
-                                 f"{self.parent.architecture}", "drop --arch to keep the parent's")
-        self.fingerprint = data_fingerprint(sel, self.train_pos, self.val_pos)
+    @property
+    def dir(self) -> Path:
+        return self.checkpoints.dir
 
-    def _default_arch(self) -> str:
-        small = max(self.spec.height, self.spec.width) <= SMALL_IMAGE
-        return architectures.DEFAULT_ARCH if small else "sv_cnn_wide"
+    def plan(self) -> TrainPlan:
+        """Rows, classes, recipe and preprocessing of this run (reads the table, trains nothing)."""
+        return make_plan(self.backend, self.table, self.config, self.where)
 
-    def _spec(self) -> PreprocessSpec:
-        cfg = self.config
-        if self.parent and self.parent.spec:
-            base = self.parent.spec
-            mode = base.mode if cfg.grayscale is None else ("L" if cfg.grayscale else "RGB")
-            if mode != base.mode:
-                raise SqlvisionError(
-                    f"{self.parent.ref} takes {base.mode} images but this run asks for {mode}",
-                    "drop --grayscale/--rgb: the first layer's channels are fixed by the parent")
-            height, width = cfg.image_size or (base.height, base.width)
-            return PreprocessSpec(height, width, base.mode, cfg.resize or base.resize,
-                                  tuple(cfg.mean or base.mean), tuple(cfg.std or base.std),
-                                  base.interpolation, resampler=cfg.resampler or base.resampler)
-        keys = [self.selection.ids[i] for i in self.train_pos]
-        height, width, mode = sniff_images(self.backend, self.table, keys)
-        if cfg.grayscale is not None:
-            mode = "L" if cfg.grayscale else "RGB"
-        if cfg.image_size:
-            height, width = cfg.image_size
-        elif max(height, width) > SMALL_IMAGE:
-            # Photos: ImageNet's size for pretrained weights; otherwise small enough that a
-            # laptop CPU trains an epoch of a few thousand images in seconds, not minutes.
-            builtin = cfg.arch is None or cfg.arch in architectures.builtin_architectures()
-            height = width = 224 if cfg.pretrained else (PHOTO_SIZE if builtin else 128)
-        return PreprocessSpec.for_images(height, width, mode, resize=cfg.resize, mean=cfg.mean,
-                                         std=cfg.std, resampler=cfg.resampler)
+    def fit(self) -> TrainResult:
+        """Train, then register the best epoch as the next version of the model."""
+        plan = self.plan()
+        messages: list[str] = []
 
-    def build_model(self) -> Any:
+        def note(text: str) -> None:
+            messages.append(text)
+            self.log(text)
+
+        for text in plan.notes:
+            note(text)
+        run = _Run(self, plan, note)
+        run.train()
+        return run.finish(messages)
+
+
+class _Run:
+    """The state of one run in progress: model, data stream, device, phases, checkpoints."""
+
+    def __init__(self, trainer: Trainer, plan: TrainPlan, note: Any) -> None:
         import torch
 
-        cfg = self.config
-        model = architectures.create(self.arch, len(self.classes), self.spec.channels,
-                                     drop_rate=cfg.dropout, pretrained=cfg.pretrained and not self.parent,
-                                     pretrained_file=cfg.pretrained_file if not self.parent else None)
-        self.messages: list[str] = []
-        if self.parent:
-            loaded = apply_parent(model, self.parent, self.classes)
-            self.messages.append(f"started from {self.parent.ref} ({loaded})")
-        self.trainable = freeze_layers(model, cfg.train_layers)
+        self.trainer, self.plan, self.note = trainer, plan, note
+        cfg = self.cfg = plan.config
+        self.stream = ImageStream(trainer.backend, trainer.table, plan.spec,
+                                  cache_bytes=cfg.cache_mb << 20, workers=cfg.workers)
+        self.train_keys = plan.keys(plan.train_pos)
+        self.train_targets = plan.targets[plan.train_pos]
+        self.val_keys = plan.keys(plan.val_pos)
+        self.val_targets = plan.targets[plan.val_pos]
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_keys) / cfg.batch_size))
+        self.epochs = int(cfg.epochs or 0)
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
-        return model.to(self.device).to(memory_format=torch.channels_last)
+        self.model, source = build_network(plan.arch, len(plan.classes), plan.spec.channels,
+                                           dropout=cfg.dropout,
+                                           pretrained_weights=bool(cfg.pretrained) and not plan.parent,
+                                           pretrained_file=cfg.pretrained_file)
+        self.weights_source = source or (plan.parent.ref if plan.parent else None)
+        if source:
+            note(f"pretrained weights: {source}")
+        if plan.parent:
+            note(f"started from {plan.parent.ref} "
+                 f"({apply_parent(self.model, plan.parent, plan.classes)})")
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
+        self.fine_tuning = bool(plan.parent or cfg.pretrained)
+        self.use_amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.class_weights = self._class_weights()
+        mean = torch.tensor(plan.spec.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self.mean, self.inv_std = mean, 1 / (
+            torch.tensor(plan.spec.std, device=self.device).view(1, -1, 1, 1) * 255)
+        self.augment = augmentation.build(cfg.augment or "none", plan.spec.channels)
+        self.state = RunState(uuid.uuid4().hex[:12])
+        self.best_weights: dict[str, Any] | None = None
+        self.trainable = 0
+        self.phase: str | None = None
+        self.optimizer: Any = None
+        self.schedule: Any = None
+        self.runlog = RunLog(trainer.backend, trainer.name, self.epochs, cfg.tensorboard, trainer.log)
+        saved = self._restore() if trainer.resume else None
+        if saved is None:
+            self.enter_phase(0)
+            if cfg.probe:
+                self.probe()
 
-    def build_optimizer(self, model: Any, steps_per_epoch: int) -> tuple[Any, Any]:
+    # -- phases ------------------------------------------------------------------------------------
+    def phase_of(self, epoch: int) -> str:
+        """``head`` during the recipe's first epochs (classifier alone), then ``--train-layers``."""
+        layers = self.cfg.train_layers or "all"
+        return "head" if epoch < int(self.cfg.head_epochs or 0) else layers
+
+    def phase_epochs(self, epoch: int) -> int:
+        phase = self.phase_of(epoch)
+        return sum(1 for e in range(self.epochs) if self.phase_of(e) == phase)
+
+    def enter_phase(self, epoch: int) -> None:
+        """Freeze for the phase of ``epoch`` and give it its own optimizer and schedule."""
+        phase = self.phase_of(epoch)
+        if phase == self.phase:
+            return
+        self.phase = phase
+        self.trainable = max(self.trainable, freeze_layers(self.model, phase))
+        head_only = phase == "head"
+        lr = optim.peak_lr(self.cfg, self.fine_tuning and not head_only)
+        scale = 1.0 if head_only else self.plan.recipe.backbone_lr_scale if self.fine_tuning else 1.0
+        self.optimizer = optim.build_optimizer(self.cfg, optim.param_groups(self.model, lr, scale))
+        self.schedule = optim.build_schedule(self.cfg, self.optimizer,
+                                             self.phase_epochs(epoch) * self.steps_per_epoch)
+        if epoch and self._phased:
+            self.note(f"epoch {epoch + 1}: now training {phase} "
+                      f"({sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} "
+                      "parameters)")
+
+    def probe(self) -> None:
+        """Start the new classifier from a logistic regression on the frozen network's features
+        of the training images (linear probing before fine-tuning: a random head would first
+        pull the pretrained layers towards noise). One pass without augmentation; it also fills
+        the decode cache for the first epoch."""
         import torch
 
-        cfg = self.config
-        params = [p for p in model.parameters() if p.requires_grad]
-        fine_tuning = bool(self.parent or cfg.pretrained)
-        lr = cfg.lr or (0.05 if cfg.optimizer == "sgd" else 3e-3) * (0.3 if fine_tuning else 1.0)
-        opt: torch.optim.Optimizer
-        sched: torch.optim.lr_scheduler.LRScheduler
-        if cfg.optimizer == "sgd":
-            wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
-            opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, nesterov=True)
-        else:
-            wd = 0.01 if cfg.weight_decay is None else cfg.weight_decay
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        total = max(1, cfg.epochs * steps_per_epoch)
-        if cfg.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total,
-                                                        pct_start=0.25)
-        elif cfg.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        elif cfg.schedule == "step":
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
-        else:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        self.lr = lr
-        return opt, sched
+        from sqlvision.train.logistic import fit_linear_head
 
-    # -- checkpoints -----------------------------------------------------------------------------------
-    def checkpoint_state(self, model: Any, opt: Any, sched: Any, scaler: Any, epoch: int,
-                         step: int) -> dict[str, Any]:
-        return {
-            "format": 1, "arch": self.arch, "classes": self.classes, "spec": self.spec.to_dict(),
-            "config": self.config.to_dict(), "fingerprint": self.fingerprint, "run_id": self.run_id,
-            "name": self.name, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-            "epoch": epoch, "step": step, "global_step": self.global_step,
-            "history": self.history, "best": self.best, "bad_rows": sorted(map(str, self.stream.bad)),
-            "running": self.running,
-        }
+        started = time.perf_counter()
+        self.model.eval()
+        features, targets = [], []
+        with torch.no_grad():
+            for batch in self.stream.batches(self.train_keys, self.train_targets, 64):
+                if len(batch.targets):
+                    x = self.to_input(batch.pixels)
+                    out = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                    features.append(out.float().cpu().numpy())
+                    targets.append(batch.targets)
+        if not features:
+            return
+        names = np.asarray(self.plan.classes)[np.concatenate(targets)]
+        head = fit_linear_head(np.concatenate(features), names, seed=self.cfg.seed,
+                               classes=sorted(set(names)) if set(names) != set(self.plan.classes)
+                               else self.plan.classes)
+        if head.classes != self.plan.classes:
+            self.note("classifier not probed: some classes have no decodable training images")
+            return
+        head.load_into(self.model.get_classifier())
+        _, val_acc = self.validate()
+        val = f", validation accuracy {val_acc:.4f}" if val_acc is not None else ""
+        self.note(f"classifier initialised by logistic regression on the frozen features of "
+                  f"{len(names)} images{val} ({time.perf_counter() - started:.0f} s)")
 
-    def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
-        import torch
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / name
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a kill leaves the previous checkpoint whole
-        return path
-
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        import torch
-
-        path = self.dir / "last.pt"
-        if not self.resume:
-            return None
-        if not path.exists():
-            raise SqlvisionError(f"no checkpoint to resume in {self.dir}",
-                                 "drop --resume to start a new run (or pass --checkpoint-dir)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint or state.get("arch") != self.arch:
-            raise SqlvisionError(f"the checkpoint in {self.dir} is for another run (different data, "
-                                 "selection or architecture)", "drop --resume or change --checkpoint-dir")
-        return state
-
-    # -- the loop ----------------------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        import torch
-        import torch.nn.functional as F
-
-        self.prepare()
-        cfg = self.config
-        sel = self.selection
-        self.stream = ImageStream(self.backend, self.table, self.spec,
-                                  cache_bytes=cfg.cache_mb << 20, workers=cfg.workers)
-        train_keys = [sel.ids[i] for i in self.train_pos]
-        train_targets = self.targets[self.train_pos]
-        val_keys = [sel.ids[i] for i in self.val_pos]
-        val_targets = self.targets[self.val_pos]
-        steps_per_epoch = max(1, math.ceil(len(train_keys) / cfg.batch_size))
-        model = self.build_model()
-        opt, sched = self.build_optimizer(model, steps_per_epoch)
-        use_amp = self.device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
-        weights = None
-        if cfg.balance:
-            freq = np.asarray([self.class_counts.get(c, 0) for c in self.classes], np.float64)
-            weights = torch.tensor(freq.sum() / np.maximum(freq, 1) / len(freq), dtype=torch.float32,
-                                   device=self.device)
-        mean = torch.tensor(self.spec.mean, device=self.device).view(1, -1, 1, 1) * 255
-        inv_std = 1 / (torch.tensor(self.spec.std, device=self.device).view(1, -1, 1, 1) * 255)
-        aug = augmentation.build(cfg.augment, self.spec.channels)
-
-        self.run_id = uuid.uuid4().hex[:12]
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {}
-        self.global_step = 0
-        self.running: dict[str, float] = {}
-        start_epoch, start_step = 0, 0
-        state = self.load_checkpoint()
-        if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if scaler and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            self.run_id, self.history, self.best = state["run_id"], state["history"], state["best"]
-            self.global_step, self.running = state["global_step"], state.get("running") or {}
-            start_epoch, start_step = state["epoch"], state["step"]
-            self.messages.append(f"resumed run {self.run_id} at epoch {start_epoch + 1}, "
-                                 f"step {start_step}")
-        ensure_runs_table(self.backend)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        best_state = None
-        if (self.dir / "best.pt").exists() and state is not None:
-            best_state = torch.load(self.dir / "best.pt", map_location="cpu", weights_only=True)["model"]
-        writer = _tensorboard(cfg.tensorboard)
-
-        def to_input(pixels: np.ndarray) -> Any:
-            x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-            x = (x.float() - mean) * inv_std
-            return x.contiguous(memory_format=torch.channels_last)
-
+    # -- the loop ----------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg = self.cfg
         stale = 0
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            skip = start_step if epoch == start_epoch else 0
-            run = self.running if skip else {}
-            loss_sum, correct, seen = run.get("loss", 0.0), run.get("correct", 0), run.get("seen", 0)
-            skipped = int(run.get("skipped", 0))
-            train_seconds = run.get("seconds", 0.0)
-            step = skip
-            bar = progress_bar(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                               enabled=self.progress, initial=skip)
-            try:
-                tick = time.perf_counter()
-                for batch in self.stream.batches(train_keys, train_targets, cfg.batch_size,
-                                                 seed=cfg.seed, epoch=epoch, augment=aug,
-                                                 skip_batches=skip):
-                    skipped += len(batch.failed)
-                    if not len(batch.targets):
-                        continue
-                    x = to_input(batch.pixels)
-                    y = torch.from_numpy(batch.targets).to(self.device)
-                    try:
-                        with torch.autocast(self.device.type, enabled=use_amp):
-                            logits = model(x)
-                            loss = F.cross_entropy(logits, y, weight=weights,
-                                                   label_smoothing=cfg.label_smoothing)
-                        opt.zero_grad(set_to_none=True)
-                        if scaler:
-                            scaler.scale(loss).backward()
-                            scaler.step(opt)
-                            scaler.update()
-                        else:
-                            loss.backward()
-                            opt.step()
-                    except (torch.OutOfMemoryError, MemoryError) as exc:
-                        raise SqlvisionError(
-                            f"a batch of {cfg.batch_size} images does not fit in memory",
-                            f"use a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)})") from exc
-                    if self.global_step < getattr(sched, "total_steps", math.inf):
-                        sched.step()
-                    step += 1
-                    self.global_step += 1
-                    n = len(y)
-                    loss_sum += float(loss.detach()) * n
-                    correct += int((logits.detach().argmax(1) == y).sum())
-                    seen += n
-                    now = time.perf_counter()
-                    train_seconds += now - tick
-                    tick = now
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                    img_s=f"{seen / max(train_seconds, 1e-9):.0f}")
-                    if step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                        self.running = {"loss": loss_sum, "correct": correct, "seen": seen,
-                                        "skipped": skipped, "seconds": train_seconds}
-                        self.save_checkpoint(self.checkpoint_state(model, opt, sched, scaler, epoch, step))
-            finally:
-                bar.close()
-            self.running = {}
-            val_loss, val_acc = self.evaluate(model, val_keys, val_targets, to_input)
+        for epoch in range(self.state.epoch, self.epochs):
+            self.enter_phase(epoch)
+            sums = self.train_epoch(epoch)
+            val_loss, val_acc = self.validate()
             record = {
-                "epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1), "val_loss": val_loss,
-                "val_accuracy": val_acc, "learning_rate": float(opt.param_groups[0]["lr"]),
-                "images_per_second": seen / max(train_seconds, 1e-9), "seconds": train_seconds,
-                "skipped": skipped,
+                "epoch": epoch + 1, "train_loss": sums.loss / max(sums.seen, 1),
+                "train_accuracy": sums.correct / max(sums.seen, 1), "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
+                "images_per_second": sums.seen / max(sums.seconds, 1e-9), "seconds": sums.seconds,
+                "skipped": sums.skipped,
             }
-            self.history.append(record)
-            self.log_epoch(record)
-            if writer is not None:
-                for key, value in record.items():
-                    if key != "epoch" and value is not None:
-                        writer.add_scalar(key, value, epoch + 1)
-            improved = self.improved(record)
-            if improved:
-                self.best = dict(record)
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-                self.save_checkpoint({"model": best_state, "epoch": epoch + 1}, "best.pt")
+            self.state.history.append(record)
+            self.runlog.epoch(self.state.run_id, record, self.phase if self._phased else None)
+            if self._improved(record):
+                self.state.best = dict(record)
+                self.best_weights = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                self.trainer.checkpoints.save({"model": self.best_weights, "epoch": epoch + 1},
+                                              "best.pt")
                 stale = 0
             else:
                 stale += 1
-            self.save_checkpoint(self.checkpoint_state(model, opt, sched, scaler, epoch + 1, 0))
+            self.state.epoch, self.state.step, self.state.running = epoch + 1, 0, {}
+            self.trainer.checkpoints.save(self.checkpoint_state())
             if cfg.patience and stale >= cfg.patience:
-                self.messages.append(f"early stop after epoch {epoch + 1}: no improvement in "
-                                     f"{cfg.patience} epochs")
+                self.note(f"early stop after epoch {epoch + 1}: no improvement in "
+                          f"{cfg.patience} epochs")
                 break
-        if writer is not None:
-            writer.close()
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        return self.finish(model, val_keys, train_keys)
+        self.runlog.close()
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
 
-    def improved(self, record: dict[str, Any]) -> bool:
-        if not self.best:
-            return True
-        key = "val_accuracy" if record["val_accuracy"] is not None else "train_accuracy"
-        loss_key = "val_loss" if record["val_loss"] is not None else "train_loss"
-        return (record[key], -record[loss_key]) > (self.best[key], -self.best[loss_key])
+    @property
+    def _phased(self) -> bool:
+        return self.phase_epochs(0) != self.epochs
 
-    def evaluate(self, model: Any, keys: list[Any], targets: np.ndarray,
-                 to_input: Any) -> tuple[float | None, float | None]:
+    def to_input(self, pixels: np.ndarray) -> Any:
+        import torch
+
+        x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        x = (x.float() - self.mean) * self.inv_std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def train_epoch(self, epoch: int) -> EpochSums:
+        cfg = self.cfg
+        skip = self.state.step if epoch == self.state.epoch else 0
+        sums = EpochSums(**self.state.running) if skip else EpochSums()
+        train_mode(self.model, frozen_norm=self.plan.recipe.frozen_norm and self.fine_tuning)
+        bar = progress_bar(self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                           enabled=self.trainer.progress, initial=skip)
+        step = skip
+        try:
+            tick = time.perf_counter()
+            for batch in self.stream.batches(self.train_keys, self.train_targets, cfg.batch_size,
+                                             seed=cfg.seed, epoch=epoch, augment=self.augment,
+                                             skip_batches=skip):
+                sums.skipped += len(batch.failed)
+                if not len(batch.targets):
+                    continue
+                loss, correct = self.step(batch)
+                step += 1
+                sums.add(loss, correct, len(batch.targets))
+                now = time.perf_counter()
+                sums.seconds += now - tick
+                tick = now
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums.loss / sums.seen:.3f}", acc=f"{sums.correct / sums.seen:.3f}",
+                                img_s=f"{sums.seen / max(sums.seconds, 1e-9):.0f}")
+                if step % cfg.checkpoint_every == 0 and step < self.steps_per_epoch:
+                    self.state.epoch, self.state.step = epoch, step
+                    self.state.running = vars(sums).copy()
+                    self.trainer.checkpoints.save(self.checkpoint_state())
+        finally:
+            bar.close()
+        return sums
+
+    def step(self, batch: Batch) -> tuple[float, int]:
+        """One optimizer step; returns the batch's loss and correct count."""
         import torch
         import torch.nn.functional as F
 
-        if not keys:
+        x = self.to_input(batch.pixels)
+        y = torch.from_numpy(batch.targets).to(self.device)
+        try:
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, weight=self.class_weights,
+                                       label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise SqlvisionError(
+                f"a batch of {self.cfg.batch_size} images does not fit in memory",
+                f"use a smaller --batch-size (e.g. {max(1, self.cfg.batch_size // 2)})") from exc
+        if self.schedule.last_epoch < getattr(self.schedule, "total_steps", math.inf):
+            self.schedule.step()
+        return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
+
+    def validate(self) -> tuple[float | None, float | None]:
+        import torch
+        import torch.nn.functional as F
+
+        if not self.val_keys:
             return None, None
-        model.eval()
+        self.model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
         with torch.no_grad():
-            for batch in self.stream.batches(keys, targets, max(self.config.batch_size, 256)):
+            for batch in self.stream.batches(self.val_keys, self.val_targets,
+                                             max(self.cfg.batch_size, 256)):
                 if not len(batch.targets):
                     continue
                 y = torch.from_numpy(batch.targets).to(self.device)
-                logits = model(to_input(batch.pixels)).float()
+                logits = self.model(self.to_input(batch.pixels)).float()
                 loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
         return (loss_sum / seen, correct / seen) if seen else (None, None)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        row = {"run_id": [self.run_id], "model": [self.name], "recorded_at": [utcnow()],
-               **{k: [v] for k, v in record.items()}}
-        with self.backend.transaction():
-            self.backend.execute(f"DELETE FROM {self.backend.quote(RUNS)} WHERE run_id = ? AND epoch = ?",
-                                 [self.run_id, record["epoch"]])
-            self.backend.insert(RUNS, pa.table(row, schema=arrow_schema(RUN_COLUMNS)))
-        val = (f", val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
-               if record["val_loss"] is not None else "")
-        self.log(f"epoch {record['epoch']}/{self.config.epochs}: train loss "
-                 f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}{val}, "
-                 f"{record['images_per_second']:.0f} img/s"
-                 + (f", {record['skipped']} unreadable skipped" if record["skipped"] else ""))
+    def _improved(self, record: dict[str, Any]) -> bool:
+        best = self.state.best
+        if not best:
+            return True
+        key = "val_accuracy" if record["val_accuracy"] is not None else "train_accuracy"
+        loss_key = "val_loss" if record["val_loss"] is not None else "train_loss"
+        return (record[key], -record[loss_key]) > (best[key], -best[loss_key])
 
-    # -- export and registration ---------------------------------------------------------------------------
-    def finish(self, model: Any, val_keys: list[Any], train_keys: list[Any]) -> TrainResult:
-        sample_keys = (val_keys or train_keys)[:16]
+    def _class_weights(self) -> Any:
+        if not self.cfg.balance:
+            return None
+        import torch
+
+        freq = np.asarray([self.plan.class_counts.get(c, 0) for c in self.plan.classes], np.float64)
+        return torch.tensor(freq.sum() / np.maximum(freq, 1) / len(freq), dtype=torch.float32,
+                            device=self.device)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        plan, s = self.plan, self.state
+        return {
+            "format": FORMAT, "arch": plan.arch, "classes": plan.classes, "spec": plan.spec.to_dict(),
+            "config": self.cfg.to_dict(), "fingerprint": plan.fingerprint, "run_id": s.run_id,
+            "name": self.trainer.name, "model": self.model.state_dict(),
+            "phase": self.phase, "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "epoch": s.epoch, "step": s.step, "history": s.history, "best": s.best,
+            "bad_rows": sorted(map(str, self.stream.bad)), "running": s.running,
+        }
+
+    def _restore(self) -> dict[str, Any]:
+        """Continue from the last checkpoint: weights, the phase's optimizer, position, history."""
+        saved = self.trainer.checkpoints.resume_state(self.plan.fingerprint, self.plan.arch)
+        self.model.load_state_dict(saved["model"])
+        s = self.state = RunState(saved["run_id"], saved["history"], saved["best"], saved["epoch"],
+                                  saved["step"], saved.get("running") or {})
+        self.enter_phase(s.epoch)
+        if saved.get("phase", self.phase) == self.phase:  # else a new phase starts fresh
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.schedule.load_state_dict(saved["scheduler"])
+            if self.scaler and saved.get("scaler"):
+                self.scaler.load_state_dict(saved["scaler"])
+        self.best_weights = self.trainer.checkpoints.best_weights()
+        self.note(f"resuming run {s.run_id} at epoch {s.epoch + 1}, step {s.step}")
+        return saved
+
+    # -- export and registration -------------------------------------------------------------------
+    def finish(self, messages: list[str]) -> TrainResult:
+        plan, s, trainer = self.plan, self.state, self.trainer
+        sample_keys = (self.val_keys or self.train_keys)[:16]
         sample = [b.pixels for b in self.stream.batches(sample_keys, np.zeros(len(sample_keys), np.int64),
                                                         len(sample_keys) or 1)]
-        pixels = np.concatenate(sample) if sample else np.zeros((1, *self.spec.input_shape), np.uint8)
-        best = self.best or (self.history[-1] if self.history else {})
-        sel = self.selection
+        pixels = np.concatenate(sample) if sample else np.zeros((1, *plan.spec.input_shape), np.uint8)
+        best = s.best or (s.history[-1] if s.history else {})
         metrics = {k: v for k, v in best.items() if k not in ("learning_rate",)}
-        metrics.update({"epochs_run": len(self.history), "best_epoch": best.get("epoch"),
-                        "train_rows": len(self.train_pos), "val_rows": len(self.val_pos),
+        metrics.update({"epochs_run": len(s.history), "best_epoch": best.get("epoch"),
+                        "train_rows": len(plan.train_pos), "val_rows": len(plan.val_pos),
                         "trainable_parameters": self.trainable})
-        lineage = {"source_table": self.table.name, "where": self.where,
-                   "id_col": self.table.id, "image_col": self.table.image, "label_col": self.table.label,
-                   "row_count": len(self.train_pos) + len(self.val_pos),
-                   "fingerprint": self.fingerprint, "run_id": self.run_id,
-                   "parent": self.parent.ref if self.parent else None,
-                   "unlabeled_skipped": sel.unlabeled, "unreadable_skipped": len(self.stream.bad),
-                   "database": self.backend.url.redacted}
-        bundle = bundle_from_torch(model, name=self.name, architecture=self.arch,
-                                   classes=self.classes, spec=self.spec, example=pixels,
-                                   metrics=metrics, config=self.config.to_dict(), lineage=lineage)
-        registry.save(self.backend, bundle)
-        curves = plot_curves(self.history, self.dir / f"{self.name}-curves.png", self.name)
-        return TrainResult(bundle, self.history, self.run_id, self.dir, curves, sel.unlabeled,
-                           len(self.stream.bad), int(best.get("epoch") or 0), self.messages)
-
-
-def ensure_runs_table(backend: Backend) -> None:
-    """Create ``sv_runs`` if needed."""
-    if not backend.table_exists(RUNS):
-        backend.create_table(RUNS, RUN_COLUMNS)
-
-
-def _tensorboard(logdir: str | None) -> Any:
-    if not logdir:
-        return None
-    from sqlvision.deps import require
-
-    require("tensorboard", "train")
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(logdir)
-
-
-def plot_curves(history: list[dict[str, Any]], out: Path, title: str) -> Path | None:
-    """Loss and accuracy per epoch, training and validation (PNG); ``None`` without matplotlib."""
-    if not history:
-        return None
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
-        if history[0].get(f"val_{metric}") is not None:
-            ax.plot(epochs, [h[f"val_{metric}"] for h in history], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{title}: training curves")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+        lineage = {"source_table": trainer.table.name, "where": trainer.where,
+                   "id_col": trainer.table.id, "image_col": trainer.table.image,
+                   "label_col": trainer.table.label,
+                   "row_count": len(plan.train_pos) + len(plan.val_pos),
+                   "fingerprint": plan.fingerprint, "run_id": s.run_id,
+                   "parent": plan.parent.ref if plan.parent else None,
+                   "recipe": plan.recipe.name, "weights_source": self.weights_source,
+                   "unlabeled_skipped": plan.selection.unlabeled,
+                   "unreadable_skipped": len(self.stream.bad),
+                   "database": trainer.backend.url.redacted}
+        bundle = bundle_from_torch(self.model, name=trainer.name, architecture=plan.arch,
+                                   classes=plan.classes, spec=plan.spec, example=pixels,
+                                   metrics=metrics, config=self.cfg.to_dict(), lineage=lineage)
+        registry.save(trainer.backend, bundle)
+        curves = plot_curves(s.history, trainer.dir / f"{trainer.name}-curves.png", trainer.name)
+        return TrainResult(bundle, s.history, s.run_id, trainer.dir, curves,
+                           plan.selection.unlabeled, len(self.stream.bad),
+                           int(best.get("epoch") or 0), messages)
 
 
 def run_summary(result: TrainResult) -> str:
@@ -646,6 +447,7 @@ def run_summary(result: TrainResult) -> str:
     acc = m.get("val_accuracy") if m.get("val_accuracy") is not None else m.get("train_accuracy")
     which = "validation" if m.get("val_accuracy") is not None else "training"
     acc_text = f"{which} accuracy {acc:.4f}" if acc is not None else "no epochs run"
-    return (f"model {result.bundle.ref} registered ({result.bundle.architecture}, "
-            f"{len(result.bundle.classes)} classes, {acc_text} at epoch {m.get('best_epoch')})")
-
+    when = f" at epoch {m['best_epoch']}" if m.get("best_epoch") else ""
+    head = ", logistic regression head" if m.get("head") == "logistic" else ""
+    return (f"model {result.bundle.ref} registered ({result.bundle.architecture}{head}, "
+            f"{len(result.bundle.classes)} classes, {acc_text}{when})")
