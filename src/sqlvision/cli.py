@@ -220,8 +220,10 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
                    help="which layers to train: the classifier only, the last N layer groups, or "
                         "all (default: the recipe's)")
     g.add_argument("--head-epochs", type=int, default=d.head_epochs, metavar="N",
-                   help="first train the new classifier alone for N epochs (default: the "
-                        "recipe's, 1 when fine-tuning)")
+                   help="first train the new classifier alone for N epochs (default 0)")
+    g.add_argument("--probe", action=argparse.BooleanOptionalAction, default=d.probe,
+                   help="start the new classifier from a logistic regression on the frozen "
+                        "network's features (default: when fine-tuning)")
     g.add_argument("--dropout", type=float, default=d.dropout,
                    help=f"dropout before the classifier (default {d.dropout})")
     g.add_argument("--head", choices=HEADS, default=HEADS[0],
@@ -249,7 +251,7 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, metavar="N",
                    help="epochs in all, head epochs included (default: the recipe's)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                   help=f"batch size (default {d.batch_size})")
+                   help="batch size (default: the recipe's, 64; 32 when fine-tuning)")
     g.add_argument("--lr", type=float, default=d.lr, metavar="LR",
                    help="peak learning rate of the classifier (default 3e-3 AdamW, 0.05 SGD; "
                         "0.3x when fine-tuning, pretrained layers lower still)")

@@ -22,7 +22,7 @@ class TrainConfig:
 
     arch: str | None = None
     epochs: int | None = None
-    batch_size: int = 64
+    batch_size: int | None = None
     lr: float | None = None
     optimizer: str = "adamw"
     schedule: str = "onecycle"
@@ -63,7 +63,7 @@ class TrainConfig:
             raise bad("epochs", "must be 0 or more")
         if self.head_epochs is not None and self.head_epochs < 0:
             raise bad("head_epochs", "must be 0 or more")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise bad("batch_size", "must be at least 1")
         if self.lr is not None and not 0 < self.lr < 10:
             raise bad("lr", "must be between 0 and 10")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,9 +97,11 @@ def _spec(config: TrainConfig, sample: recipes.ImageSample, parent: Parent | Non
                 f"{parent.ref} takes {base.mode} images but this run asks for {mode}",
                 "drop --grayscale/--rgb: the first layer's channels are fixed by the parent")
         height, width = config.image_size or (base.height, base.width)
-        return PreprocessSpec(height, width, base.mode, config.resize or base.resize,
-                              tuple(config.mean or base.mean), tuple(config.std or base.std),
-                              base.interpolation, resampler=config.resampler or base.resampler)
+        return dataclasses.replace(base, height=height, width=width,
+                                   resize=config.resize or base.resize,
+                                   mean=tuple(config.mean or base.mean),
+                                   std=tuple(config.std or base.std),
+                                   resampler=config.resampler or base.resampler)
     mode = sample.mode if config.grayscale is None else ("L" if config.grayscale else "RGB")
     assert config.image_size is not None
     height, width = config.image_size
@@ -117,9 +120,8 @@ def _spec(config: TrainConfig, sample: recipes.ImageSample, parent: Parent | Non
     interpolation = weights_cfg.get("interpolation", "bilinear")
     spec = PreprocessSpec.for_images(height, width, mode, resize=config.resize, mean=mean, std=std,
                                      resampler=config.resampler)
-    if interpolation in ("bilinear", "bicubic") and interpolation != spec.interpolation:
-        spec = PreprocessSpec(spec.height, spec.width, spec.mode, spec.resize, spec.mean, spec.std,
-                              interpolation, resampler=spec.resampler)
+    if interpolation in ("bilinear", "bicubic"):
+        spec = dataclasses.replace(spec, interpolation=interpolation)
     return spec
 
 

@@ -6,9 +6,10 @@ Three recipes, picked from the images and the weights this machine has:
   ``sv_cnn`` at the images' own size, squashed, light augmentation, 10 epochs.
 - ``fine-tune``: larger images (photos) with pretrained weights at hand (packaged ImageNet
   weights, ``--pretrained``, or a pretrained ``--from`` model): ``tf_efficientnet_lite0`` at its
-  native 224 px, center-cropped, photo augmentation; first the new classifier alone for one
-  epoch on the frozen backbone, then the last four layer groups with the classifier, pretrained
-  layers at a third of the classifier's learning rate; 5 epochs in all.
+  native 224 px, center-cropped, photo augmentation; first the new classifier is fitted by
+  logistic regression on the frozen network's features, then the last four layer groups train
+  with it for 4 epochs of 32, pretrained layers at 0.3x the classifier's learning rate, batch
+  norms at their pretrained statistics.
 - ``from-scratch``: photos without pretrained weights: ``sv_cnn`` at 64 px, squashed, photo
   augmentation, 10 epochs.
 
@@ -45,6 +46,7 @@ class Recipe:
     pretrained: bool = False
     backbone_lr_scale: float = 1.0  # learning rate of pretrained layers relative to the head's
     frozen_norm: bool = False  # batch norms keep their pretrained statistics (eval mode) throughout
+    batch_size: int = 64
 
     def describe(self) -> str:
         """One line, used in the docs, ``--help`` and the run's first message."""
@@ -54,12 +56,12 @@ class Recipe:
                  f"classifier alone for {self.head_epochs} epoch" if self.head_epochs else "")
         stages = f"{first}, then {self.train_layers}" if first else f"{self.train_layers} layers"
         return (f"{self.name}: {self.arch} at {size} ({self.resize}), {weights}{self.augment} "
-                f"augmentation, {self.epochs} epochs, {stages}")
+                f"augmentation, {self.epochs} epochs of {self.batch_size}, {stages}")
 
 
 SMALL_IMAGES = Recipe("small-images", architectures.DEFAULT_ARCH, None, "squash", "light", 10, "all")
 FINE_TUNE = Recipe("fine-tune", PHOTO_ARCH, 224, "crop", "standard", 4, "last:4", probe=True,
-                   pretrained=True, backbone_lr_scale=0.3, frozen_norm=True)
+                   pretrained=True, backbone_lr_scale=0.3, frozen_norm=True, batch_size=32)
 FROM_SCRATCH = Recipe("from-scratch", architectures.DEFAULT_ARCH, 64, "squash", "standard", 10, "all")
 RECIPES = (SMALL_IMAGES, FINE_TUNE, FROM_SCRATCH)
 
@@ -147,7 +149,7 @@ def fill(config: TrainConfig, recipe: Recipe, sample: ImageSample, arch: str | N
     defaults: dict[str, Any] = {
         "arch": chosen_arch, "epochs": recipe.epochs, "augment": recipe.augment,
         "train_layers": recipe.train_layers, "head_epochs": recipe.head_epochs,
-        "probe": recipe.probe,
+        "probe": recipe.probe, "batch_size": recipe.batch_size,
         "pretrained": recipe.pretrained,
         **({"image_size": size, "resize": recipe.resize} if sized else {}),
     }

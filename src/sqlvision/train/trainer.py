@@ -133,7 +133,8 @@ class _Run:
         self.train_targets = plan.targets[plan.train_pos]
         self.val_keys = plan.keys(plan.val_pos)
         self.val_targets = plan.targets[plan.val_pos]
-        self.steps_per_epoch = max(1, math.ceil(len(self.train_keys) / cfg.batch_size))
+        self.batch_size = int(cfg.batch_size or 64)
+        self.steps_per_epoch = max(1, math.ceil(len(self.train_keys) / self.batch_size))
         self.epochs = int(cfg.epochs or 0)
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
@@ -291,7 +292,7 @@ class _Run:
         step = skip
         try:
             tick = time.perf_counter()
-            for batch in self.stream.batches(self.train_keys, self.train_targets, cfg.batch_size,
+            for batch in self.stream.batches(self.train_keys, self.train_targets, self.batch_size,
                                              seed=cfg.seed, epoch=epoch, augment=self.augment,
                                              skip_batches=skip):
                 sums.skipped += len(batch.failed)
@@ -336,8 +337,8 @@ class _Run:
                 self.optimizer.step()
         except (torch.OutOfMemoryError, MemoryError) as exc:
             raise SqlvisionError(
-                f"a batch of {self.cfg.batch_size} images does not fit in memory",
-                f"use a smaller --batch-size (e.g. {max(1, self.cfg.batch_size // 2)})") from exc
+                f"a batch of {self.batch_size} images does not fit in memory",
+                f"use a smaller --batch-size (e.g. {max(1, self.batch_size // 2)})") from exc
         if self.schedule.last_epoch < getattr(self.schedule, "total_steps", math.inf):
             self.schedule.step()
         return float(loss.detach()), int((logits.detach().argmax(1) == y).sum())
@@ -352,7 +353,7 @@ class _Run:
         loss_sum, correct, seen = 0.0, 0, 0
         with torch.no_grad():
             for batch in self.stream.batches(self.val_keys, self.val_targets,
-                                             max(self.cfg.batch_size, 256)):
+                                             max(self.batch_size, 256)):
                 if not len(batch.targets):
                     continue
                 y = torch.from_numpy(batch.targets).to(self.device)
