@@ -31,7 +31,8 @@ def test_every_verb_has_help_with_db_option(verb: str, capsys: pytest.CaptureFix
     assert "--db URL" in out and "usage: sqlvision " + verb in out
 
 
-@pytest.mark.parametrize("action", ["list", "show", "export", "import", "delete", "archs"])
+@pytest.mark.parametrize("action", ["list", "show", "export", "import", "delete", "archs", "pretrained",
+                                    "quantize"])
 def test_models_actions_have_help(action: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["models", action, "--help"])
@@ -135,3 +136,14 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert 0.2 < accuracy <= 1.0  # one epoch on 3,000 images: well above chance (0.1)
     for name in ("clothing-stats.png", "clothing-sheet.png", "fashion-stats.png", "demo.duckdb"):
         assert (tmp_path / "demo" / name).exists()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """``sqlvision sql ... | head -1`` with more output than a pipe holds: no BrokenPipeError
+    traceback, exit 0."""
+    query = "SELECT range AS n FROM range(300000)"
+    shell = (f"{sys.executable} -m sqlvision.cli --db {tmp_path / 'p.duckdb'} sql '{query}' "
+             "--format csv | head -1; echo \"exit ${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == ["n", "exit 0"], done.stderr
+    assert "BrokenPipe" not in done.stderr and "Traceback" not in done.stderr

@@ -67,3 +67,16 @@ def test_users_own_table_with_named_columns(db: sv.Database, tmp_path: Path) -> 
         db.stats("tf_images")
     with pytest.raises(sv.SqlvisionError, match="not found"):
         db.stats("missing_table")
+
+
+def test_labels_with_dollar_signs_plot(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from sqlvision.explore import plot_counts
+    from sqlvision.train.runlog import plot_curves
+
+    counts = pa.table({"label": ["$\\foo$", "plain"], "train": [2, 3], "total": [2, 3]})
+    assert plot_counts(counts, tmp_path / "c.png", "$\\foo$ stats").exists()
+    history = [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": None,
+                "val_accuracy": None}]
+    assert plot_curves(history, tmp_path / "h.png", "$\\foo$") is not None

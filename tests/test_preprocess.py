@@ -68,3 +68,10 @@ def test_opencv_resampler_matches_pillow_closely(resize: str, size: int) -> None
     exact = PreprocessSpec(size, size, "RGB", resize, resampler="pillow")(photo).astype(np.int16)
     assert fast.shape == exact.shape == (3, size, size)
     assert np.abs(fast - exact).mean() < 3.5  # of 255: the same picture, within a little aliasing
+
+
+def test_unknown_fields_survive_round_trips_without_nesting() -> None:
+    spec = PreprocessSpec.from_dict({**PreprocessSpec(32, 32, "L").to_dict(), "future": 1})
+    again = PreprocessSpec.from_json(PreprocessSpec.from_json(spec.to_json()).to_json())
+    assert again.extra == {"future": 1} and "extra" not in again.to_dict()
+    assert again.to_dict()["future"] == 1 and again.crop_pct == 1.0

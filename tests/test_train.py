@@ -131,6 +131,15 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path: Path) -> None:
         assert db.model("fm").metrics["epochs_run"] == 3
 
 
+def test_resuming_a_finished_run_registers_nothing(fashion_db: sv.Database, tmp_path: Path) -> None:
+    settings = {"where": SUBSET, "epochs": 1, "checkpoint_dir": tmp_path / "ck", "progress": False,
+                "log": lambda _: None, **FAST}
+    fashion_db.train("fm", "fashion", **settings)
+    with pytest.raises(sv.SqlvisionError, match=r"already finished and is registered as fm:1"):
+        fashion_db.train("fm", "fashion", resume=True, **settings)
+    assert fashion_db.sql("SELECT count(*) FROM sv_models").scalar() == 1
+
+
 def test_resume_without_checkpoint_is_a_clear_error(fashion_db: sv.Database, tmp_path: Path) -> None:
     with pytest.raises(sv.SqlvisionError, match="no checkpoint to resume"):
         fashion_db.train("fm", "fashion", epochs=1, resume=True, checkpoint_dir=tmp_path / "none",
@@ -187,6 +196,8 @@ def test_bad_input(fashion_db: sv.Database, tmp_path: Path) -> None:
         db.train("m", "fashion", where="label = 'Bag'", epochs=1, **quiet)
     with pytest.raises(sv.SqlvisionError, match="did you mean resnet18"):
         db.train("m", "fashion", epochs=1, **{**quiet, "arch": "resnet1"})
+    with pytest.raises(sv.SqlvisionError, match="untrained model"):
+        db.train("m", "fashion", epochs=0, **quiet)
     with pytest.raises(sv.SqlvisionError, match="--lr"):
         db.train("m", "fashion", epochs=1, lr=-1.0, **quiet)
     with pytest.raises(sv.SqlvisionError, match="not found"):
@@ -252,3 +263,16 @@ def test_check_export_catches_a_wrong_graph() -> None:
     assert check_export(first, onnx_bytes, x) < 1e-3
     with pytest.raises(sv.SqlvisionError, match="differ from PyTorch"):
         check_export(second, onnx_bytes, x)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "", "name:3", "$\\foo$", "a/b", ".hidden"])
+def test_model_names_follow_one_rule(tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with sv.connect(tmp_path / "n.duckdb") as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        with pytest.raises(sv.SqlvisionError, match="bad model name"):
+            db.train(name, "fashion", where=SUBSET, epochs=1, progress=False, **FAST)
+        assert list(work.iterdir()) == []  # no checkpoint written anywhere
+        assert not db.backend.table_exists("sv_models")

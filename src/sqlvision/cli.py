@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -727,8 +728,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
-        print("sqlvision: interrupted; rerun the same command to resume", file=sys.stderr)
+        resume = ("rerun it with --resume to continue from the last checkpoint"
+                  if getattr(args, "verb", None) == "train" else
+                  "rerun the same command: it continues where this run stopped, without duplicates")
+        print(f"sqlvision: interrupted; {resume}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sqlvision models list | head -1`): quiet, as Unix tools are.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SqlvisionError as exc:
         if args.debug:
             raise

@@ -49,6 +49,11 @@ def label_split_counts(backend: Backend, table: ImageTable, where: str | None = 
     return pa.table(columns)
 
 
+def mathtext_safe(text: str) -> str:
+    """``text`` as matplotlib shows it literally (a ``$`` would start mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_counts(counts: pa.Table, out: str | os.PathLike[str], title: str) -> Path:
     """Grouped bar chart of :func:`label_split_counts` (the per-class balance plot)."""
     require("matplotlib", "plot")
@@ -57,8 +62,10 @@ def plot_counts(counts: pa.Table, out: str | os.PathLike[str], title: str) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    labels = [v if v is not None else "(no label)" for v in counts.column("label").to_pylist()]
+    labels = [mathtext_safe(v) if v is not None else "(no label)"
+              for v in counts.column("label").to_pylist()]
     splits = [c for c in counts.column_names if c not in ("label", "total")]
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(splits))
@@ -68,7 +75,8 @@ def plot_counts(counts: pa.Table, out: str | os.PathLike[str], title: str) -> Pa
                label=s)
     ax.set_xticks(x, labels, rotation=30 if len(labels) > 6 else 0, ha="right")
     ax.set_ylabel("images")
-    ax.set_title(title)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(mathtext_safe(title))
     if len(splits) > 1 or splits != ["(none)"]:
         ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +41,20 @@ PART_COLUMNS = (
 PART_BYTES = 1 << 20
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_model_name(name: str) -> str:
+    """The one rule for model names: letters, digits, ``.``, ``_`` and ``-``, starting with a
+    letter or digit, at most 128 characters. So a name is always a reference (no ``:``), a
+    single folder under the checkpoint directory (no ``/``, no ``..``) and an SQL string."""
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise SqlvisionError(f"bad model name {name!r}",
+                             "use letters, digits, '.', '_' and '-' (starting with a letter or "
+                             "digit, at most 128 characters), e.g. clothes-v2")
+    return name
+
+
 def ensure_models_table(backend: Backend) -> None:
     """Create ``sv_models`` if needed."""
     if not backend.table_exists(MODELS):
@@ -48,6 +63,7 @@ def ensure_models_table(backend: Backend) -> None:
 
 def save(backend: Backend, bundle: ModelBundle) -> ModelBundle:
     """Store ``bundle`` as the next version of its name; returns it with version and timestamp."""
+    check_model_name(bundle.name)
     ensure_models_table(backend)
     with backend.transaction():
         latest = backend.scalar(f"SELECT max(version) FROM {backend.quote(MODELS)} WHERE name = ?",
@@ -143,6 +159,19 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     if sep and version.isdigit():
         return name, int(version)
     return ref, None
+
+
+def version_of_run(backend: Backend, name: str, run_id: str) -> int | None:
+    """The version of ``name`` that training run ``run_id`` registered, if any."""
+    if not backend.table_exists(MODELS):
+        return None
+    rows = backend.query(f"SELECT version, lineage FROM {backend.quote(MODELS)} WHERE name = ? "
+                         "ORDER BY version", [name])
+    for version, lineage in zip(*(c.to_pylist() for c in rows.columns), strict=True):
+        data = json.loads(lineage) if isinstance(lineage, str) else (lineage or {})
+        if data.get("run_id") == run_id:
+            return int(version)
+    return None
 
 
 def list_models(backend: Backend) -> pa.Table:

@@ -78,6 +78,10 @@ def make_plan(backend: Backend, table: ImageTable, config: TrainConfig,
     choice = recipes.choose(config, sample, parent_arch=parent.architecture if parent else None,
                             parent_pretrained=bool(parent and parent.pretrained))
     config = choice.config
+    if not config.epochs and not config.probe:
+        raise SqlvisionError("--epochs 0 would register an untrained model",
+                             "give --epochs 1 or more (or --probe: a classifier fitted on the "
+                             "pretrained features alone)")
     notes = [choice.message()]
     architectures.check_architecture(config.arch or "")
     spec = _spec(config, sample, parent, notes)

@@ -96,6 +96,8 @@ def plot_curves(history: list[dict[str, Any]], out: Path, title: str) -> Path | 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from sqlvision.explore import mathtext_safe
+
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
@@ -107,7 +109,7 @@ def plot_curves(history: list[dict[str, Any]], out: Path, title: str) -> Path | 
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{title}: training curves".replace("$", r"\$"))
+    fig.suptitle(mathtext_safe(f"{title}: training curves"))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

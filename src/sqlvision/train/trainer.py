@@ -87,7 +87,7 @@ class Trainer:
     def __init__(self, backend: Backend, name: str, table: ImageTable, config: TrainConfig, *,
                  where: str | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
                  resume: bool = False, progress: bool | None = None, log: Any = print) -> None:
-        self.backend, self.name, self.table = backend, name, table
+        self.backend, self.name, self.table = backend, registry.check_model_name(name), table
         self.config = config.validate()
         self.where = where
         self.checkpoints = Checkpoints(Path(checkpoint_dir or Path("sqlvision-runs") / name))
@@ -231,8 +231,9 @@ class _Run:
         head.load_into(self.model.get_classifier())
         _, val_acc = self.validate()
         val = f", validation accuracy {val_acc:.4f}" if val_acc is not None else ""
-        self.note(f"classifier initialised by logistic regression on the frozen features of "
-                  f"{len(names)} images{val} ({time.perf_counter() - started:.0f} s)")
+        self.note(f"classifier initialised by logistic regression (C={head.c:g}, by 3-fold "
+                  f"cross-validation) on the frozen features of {len(names)} images{val} "
+                  f"({time.perf_counter() - started:.0f} s)")
 
     # -- the loop ----------------------------------------------------------------------------------
     def train(self) -> None:
@@ -397,6 +398,13 @@ class _Run:
     def _restore(self) -> dict[str, Any]:
         """Continue from the last checkpoint: weights, the phase's optimizer, position, history."""
         saved = self.trainer.checkpoints.resume_state(self.plan.fingerprint, self.plan.arch)
+        if saved["epoch"] >= self.epochs:
+            version = registry.version_of_run(self.trainer.backend, self.trainer.name, saved["run_id"])
+            if version is not None:
+                raise SqlvisionError(
+                    f"run {saved['run_id']} already finished and is registered as "
+                    f"{self.trainer.name}:{version}; nothing to resume",
+                    "drop --resume to train a new version (or raise --epochs to continue it)")
         self.model.load_state_dict(saved["model"])
         s = self.state = RunState(saved["run_id"], saved["history"], saved["best"], saved["epoch"],
                                   saved["step"], saved.get("running") or {})
