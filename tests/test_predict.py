@@ -234,7 +234,7 @@ def test_embeddings_and_similarity(trained: sv.Database) -> None:
 def test_logistic_head_on_embeddings(trained: sv.Database) -> None:
     db = trained
     bundle = db.train("fm-lr", "fashion", head="logistic", from_model="fm", where="id % 3 = 0",
-                      progress=False)
+                      progress=False).bundle
     assert bundle.config["head"] == "logistic" and bundle.lineage["parent"] == "fm:1"
     assert bundle.metrics["train_accuracy"] > 0.3
     reset(db)

@@ -71,7 +71,7 @@ def test_opencv_resampler_matches_pillow_closely(resize: str, size: int) -> None
 
 
 def test_unknown_fields_survive_round_trips_without_nesting() -> None:
-    spec = PreprocessSpec.from_dict({**PreprocessSpec(32, 32, "L").to_dict(), "future": 1})
+    spec = PreprocessSpec.from_dict({**PreprocessSpec.for_images(32, 32, "L").to_dict(), "future": 1})
     again = PreprocessSpec.from_json(PreprocessSpec.from_json(spec.to_json()).to_json())
     assert again.extra == {"future": 1} and "extra" not in again.to_dict()
     assert again.to_dict()["future"] == 1 and again.crop_pct == 1.0
