@@ -14,7 +14,7 @@ from sqlvision.errors import SqlvisionError
 from sqlvision.models import architectures, registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.export import bundle_from_torch
-from sqlvision.models.pretrained import imagenet_classes, load_pretrained
+from sqlvision.models.pretrained import imagenet_classes, load_pretrained, pretrained_config
 from sqlvision.preprocess import PreprocessSpec
 
 SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "sample" / "clothing"
@@ -24,8 +24,6 @@ DEFAULT_ARCH = "tf_efficientnet_lite0"
 def imagenet_spec(arch: str) -> PreprocessSpec:
     """The evaluation preprocessing ``arch``'s ImageNet weights expect (timm's configuration:
     size, crop fraction, interpolation, mean, std)."""
-    from sqlvision.train.recipes import pretrained_config
-
     cfg = pretrained_config(arch)
     if not cfg or cfg.get("num_classes") != 1000:
         raise SqlvisionError(f"{arch} has no ImageNet-1k configuration in timm",

@@ -105,11 +105,12 @@ def convert_efficientnet_pytorch(state: dict[str, Any], model: Any) -> dict[str,
             renamed[f"{_TOP[top.group(1)]}.{top.group(2)}"] = tensor
         else:
             unknown.append(key)
-    check_state_fits(renamed, model, unknown=unknown, head=_classifier_prefix(model), shapes=False)
+    check_state_fits(renamed, model, unknown=unknown, head=classifier_prefix(model), shapes=False)
     return renamed
 
 
-def _classifier_prefix(model: Any) -> str | None:
+def classifier_prefix(model: Any) -> str | None:
+    """The state-dict prefix of the model's classifier (``fc.``, ``classifier.``, ``head.``)."""
     head = model.get_classifier()
     return next((name + "." for name, module in model.named_modules() if module is head), None)
 
@@ -151,15 +152,25 @@ PACKAGED: dict[str, PackagedWeights] = {
 
 
 # -- resolution ---------------------------------------------------------------------------------------
-def _hub_id(arch: str) -> str | None:
-    """The Hugging Face repository timm would download ``arch``'s default weights from."""
+def pretrained_config(arch: str) -> dict[str, Any]:
+    """timm's pretrained configuration of ``arch`` (input size, mean, std, interpolation, crop,
+    hub id); empty for built-in and unknown architectures."""
+    from sqlvision.models import architectures
+
+    if arch in architectures.builtin_architectures():
+        return {}
     import timm
 
     try:
         cfg = timm.models.get_pretrained_cfg(arch)
     except (RuntimeError, ValueError):
-        return None
-    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        return {}
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _hub_id(arch: str) -> str | None:
+    """The Hugging Face repository timm would download ``arch``'s default weights from."""
+    return pretrained_config(arch).get("hf_hub_id") or None
 
 
 def _hub_cached_file(hub_id: str) -> str | None:
@@ -304,7 +315,7 @@ def _convert_if_needed(state: dict[str, Any], model: Any, arch: str) -> dict[str
 def _load_into(model: Any, state: dict[str, Any]) -> None:
     """Load ``state``; a classifier of another class count (ImageNet's 1000 into a new head) is
     left as initialised. Every other key must fit exactly."""
-    prefix = _classifier_prefix(model)
+    prefix = classifier_prefix(model)
     head_fits = prefix is not None and all(
         k in state and tuple(state[k].shape) == tuple(v.shape)
         for k, v in model.state_dict().items() if k.startswith(prefix))

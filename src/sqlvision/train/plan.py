@@ -11,7 +11,7 @@ import numpy as np
 
 from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
-from sqlvision.models import architectures
+from sqlvision.models import architectures, pretrained
 from sqlvision.preprocess import PreprocessSpec
 from sqlvision.tables import ImageTable
 from sqlvision.train import recipes
@@ -117,7 +117,7 @@ def _spec(config: TrainConfig, sample: recipes.ImageSample, parent: Parent | Non
         mode = "RGB"
         notes.append("grayscale images are converted to RGB for the pretrained backbone "
                      "(preprocessing mode RGB)")
-    weights_cfg = recipes.pretrained_config(config.arch or "")
+    weights_cfg = pretrained.pretrained_config(config.arch or "")
     channels = 1 if mode == "L" else 3
     mean = config.mean or _per_channel(weights_cfg.get("mean"), channels)
     std = config.std or _per_channel(weights_cfg.get("std"), channels)

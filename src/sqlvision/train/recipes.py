@@ -161,19 +161,6 @@ def fill(config: TrainConfig, recipe: Recipe, sample: ImageSample, arch: str | N
 
 def native_size(arch: str) -> tuple[int, int] | None:
     """The input size ``arch``'s pretrained weights were trained at (timm's config)."""
-    cfg = pretrained_config(arch)
+    cfg = pretrained.pretrained_config(arch)
     size = cfg.get("input_size")
     return (int(size[1]), int(size[2])) if size else None
-
-
-def pretrained_config(arch: str) -> dict[str, Any]:
-    """timm's pretrained configuration of ``arch`` (input size, mean, std, interpolation)."""
-    if not _is_timm(arch):
-        return {}
-    import timm
-
-    try:
-        cfg = timm.models.get_pretrained_cfg(arch)
-    except (RuntimeError, ValueError):
-        return {}
-    return cfg.to_dict() if cfg is not None else {}

@@ -189,9 +189,9 @@ class _Run:
             return
         self.phase = phase
         self.trainable = max(self.trainable, freeze_layers(self.model, phase))
-        head_only = phase == "head"
-        lr = optim.peak_lr(self.cfg, self.fine_tuning and not head_only)
-        scale = 1.0 if head_only else self.plan.recipe.backbone_lr_scale if self.fine_tuning else 1.0
+        pretrained_layers = self.fine_tuning and phase != "head"
+        lr = optim.peak_lr(self.cfg, pretrained_layers)
+        scale = self.plan.recipe.backbone_lr_scale if pretrained_layers else 1.0
         self.optimizer = optim.build_optimizer(self.cfg, optim.param_groups(self.model, lr, scale))
         self.schedule = optim.build_schedule(self.cfg, self.optimizer,
                                              self.phase_epochs(epoch) * self.steps_per_epoch)
@@ -222,12 +222,11 @@ class _Run:
         if not features:
             return
         names = np.asarray(self.plan.classes)[np.concatenate(targets)]
-        head = fit_linear_head(np.concatenate(features), names, seed=self.cfg.seed,
-                               classes=sorted(set(names)) if set(names) != set(self.plan.classes)
-                               else self.plan.classes)
-        if head.classes != self.plan.classes:
+        if set(names) != set(self.plan.classes):
             self.note("classifier not probed: some classes have no decodable training images")
             return
+        head = fit_linear_head(np.concatenate(features), names, seed=self.cfg.seed,
+                               classes=self.plan.classes)
         head.load_into(self.model.get_classifier())
         _, val_acc = self.validate()
         val = f", validation accuracy {val_acc:.4f}" if val_acc is not None else ""

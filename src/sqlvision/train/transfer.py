@@ -11,6 +11,7 @@ from sqlvision.db.base import Backend
 from sqlvision.errors import SqlvisionError
 from sqlvision.models import architectures, registry
 from sqlvision.models.bundle import weights_from_bytes
+from sqlvision.models.pretrained import classifier_prefix
 from sqlvision.preprocess import PreprocessSpec
 
 
@@ -73,12 +74,6 @@ def apply_parent(model: Any, parent: Parent, classes: list[str]) -> str:
     return "all layers" if same_classes else "all but the classifier (new classes)"
 
 
-def classifier_prefix(model: Any) -> str | None:
-    """The state-dict prefix of the model's classifier (``fc.``, ``classifier.``, ``head.``)."""
-    head = model.get_classifier()
-    return next((name + "." for name, module in model.named_modules() if module is head), None)
-
-
 def layer_groups(model: Any) -> list[list[Any]]:
     """The model's parameters in groups from input to output, the classifier last.
 
@@ -119,11 +114,6 @@ def freeze_layers(model: Any, spec: str) -> int:
     for p in model.parameters():
         p.requires_grad = id(p) in trainable
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def group_count(model: Any) -> int:
-    """How many groups ``last:N`` counts in (for messages)."""
-    return len(layer_groups(model))
 
 
 def train_mode(model: Any, *, frozen_norm: bool = False) -> None:
