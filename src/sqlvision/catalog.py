@@ -27,7 +27,7 @@ REQUIRED_IMAGE_COLUMNS = ("id", "uri", "data", "label", "split", "sha256")
 INGEST_ERRORS = "sv_ingest_errors"
 INGEST_ERROR_COLUMNS = (
     Column("table_name", "key", not_null=True),
-    Column("path", "key", not_null=True, max_chars=512),
+    Column("path", "text", not_null=True),  # any path, even one too long to be a uri here
     Column("reason", "text"),
     Column("error_at", "timestamp"),
 )
@@ -49,4 +49,4 @@ def ensure_ingest_errors(backend: Backend) -> None:
     """Create ``sv_ingest_errors`` and its lookup index if needed."""
     if not backend.table_exists(INGEST_ERRORS):
         backend.create_table(INGEST_ERRORS, INGEST_ERROR_COLUMNS)
-        backend.create_index(INGEST_ERRORS, ["table_name", "path"])
+        backend.create_index(INGEST_ERRORS, ["table_name"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlvision import __version__
 from sqlvision.errors import SqlvisionError
+from sqlvision.imaging.probe import MAX_PIXELS_ENV
 from sqlvision.preprocess import RESAMPLERS
 
 _RESAMPLER_HELP = ("how images are shrunk: opencv (default; box reduction + OpenCV interpolation, "
@@ -32,6 +33,10 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> argparse.Argum
                              "[?schema=S], mysql://user@host/db")
     parser.add_argument("--debug", action="store_true", default=default,
                         help="show tracebacks on errors")
+    parser.add_argument("--max-pixels", type=int, default=default, metavar="N",
+                        help="refuse to decode images with more pixels, in every verb "
+                             "(decompression bombs; default 89478485, a model's own cap when it "
+                             "has one; 0: no cap; same as $SQLVISION_MAX_PIXELS)")
     return parser
 
 
@@ -98,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "when needed")
     p.add_argument("--refresh", action="store_true",
                    help="also re-read changed files and flag missing ones (column missing)")
-    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="refuse images with more pixels (decompression bombs; default 89478485)")
+    p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="SIZE",
+                   help="skip files larger than this (e.g. 200MB, 2GiB; default 512MiB), each "
+                        "with its error row")
     p.add_argument("--check", choices=("header", "full"), default="header",
                    help="header: parse headers and check the file is whole (fast, default); "
                         "full: also decode every image")
@@ -161,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=6, metavar="N", help="training epochs (default 6)")
     p.set_defaults(func=_demo)
     return parser
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+               "mib": 2**20, "gib": 2**30}
+
+
+def _byte_size(text: str) -> int:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = _BYTE_UNITS.get(match[2].lower()) if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 200MB, 512MiB or 2GiB")
+    return int(float(match[1]) * unit)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -635,12 +655,12 @@ def _connect(args: argparse.Namespace) -> Any:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from sqlvision.imaging import DEFAULT_MAX_PIXELS
+    from sqlvision.ingest import DEFAULT_MAX_BYTES
 
     with _connect(args) as db:
         report = db.ingest(args.table, *args.sources, labels=args.labels, split=args.split,
                            seed=args.seed, reference=args.reference, refresh=args.refresh,
-                           max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, check=args.check,
+                           max_bytes=args.max_bytes or DEFAULT_MAX_BYTES, check=args.check,
                            workers=args.workers, batch_rows=args.batch_rows,
                            progress=False if args.no_progress else None)
     print(report.summary())
@@ -725,6 +745,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if getattr(args, "max_pixels", None) is not None:
+        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
     try:
         return func(args)
     except KeyboardInterrupt:
@@ -740,15 +762,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SqlvisionError as exc:
         if args.debug:
             raise
-        print(f"sqlvision: error: {exc}", file=sys.stderr)
+        print(f"sqlvision: error: {_masked(str(exc), args)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:
         if args.debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"sqlvision: error: {type(exc).__name__}: {message} "
+        print(f"sqlvision: error: {type(exc).__name__}: {_masked(message, args)} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _masked(text: str, args: argparse.Namespace) -> str:
+    """``text`` with the credentials of the database URL, and of any URL in it, masked."""
+    from sqlvision.db.url import redact_text
+
+    return redact_text(text, getattr(args, "db", None))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from typing import Any
 from sqlvision.db import open_backend, parse_url
 from sqlvision.db.base import Backend
 from sqlvision.imaging import DEFAULT_MAX_PIXELS
-from sqlvision.ingest import IngestReport
+from sqlvision.ingest import DEFAULT_MAX_BYTES, IngestReport
 from sqlvision.result import Result
 from sqlvision.tables import ImageTable
 
@@ -92,7 +92,7 @@ class Database:
     def ingest(self, table: str, *sources: str | os.PathLike[str], labels: str | None = None,
                split: str | None = None, seed: int = 0, reference: bool = False,
                refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-               check: str = "header", workers: int | None = None,
+               max_bytes: int = DEFAULT_MAX_BYTES, check: str = "header", workers: int | None = None,
                batch_rows: int = 2048, progress: bool | None = None) -> IngestReport:
         """Add images from folders, files, globs, URIs, labels files or IDX archives to ``table``.
 
@@ -100,14 +100,14 @@ class Database:
         ``regex:PATTERN`` with a ``label`` group, or ``none``. ``split``: ``folder`` (``train``,
         ``validation``/``val``, ``test`` folders), ``random:TRAIN,VAL,TEST`` seeded by ``seed``,
         or ``none``. ``reference`` stores uris and metadata only. Reruns add only what is new;
-        ``refresh`` also re-reads changed files and flags missing ones. Bad files are skipped
-        and recorded in ``sv_ingest_errors``.
+        ``refresh`` also re-reads changed files and flags missing ones. Bad files (corrupt, over
+        ``max_pixels`` or ``max_bytes``) are skipped and recorded in ``sv_ingest_errors``.
         """
         from sqlvision.ingest import ingest
 
         return ingest(self.backend, table, [os.fspath(s) for s in sources], labels=labels,
                       split=split, seed=seed, reference=reference, refresh=refresh,
-                      max_pixels=max_pixels, check=check, workers=workers,
+                      max_pixels=max_pixels, max_bytes=max_bytes, check=check, workers=workers,
                       batch_rows=batch_rows, progress=progress)
 
     def train(self, name: str, table: str, *, where: str | None = None,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from sqlvision.deps import require
 from sqlvision.errors import SqlvisionError
-from sqlvision.imaging import DEFAULT_MAX_PIXELS, decode_array
+from sqlvision.imaging import DECODE_RULE, DECODE_RULES, DEFAULT_MAX_PIXELS, decode_array
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,6 +51,10 @@ class PreprocessSpec:
     the same result quality as an antialiased resize, about five times faster. ``pillow`` is
     Pillow's antialiased resize, as torchvision's PIL transforms do; specs saved before this
     field existed mean ``pillow`` and keep it.
+
+    ``decode_rule``: how stored pixels become the image (:mod:`sqlvision.imaging.decode`):
+    2 applies the EXIF orientation and scales 16-bit samples; specs saved before it existed
+    mean 1 (pixels as stored) and keep it.
     """
 
     height: int
@@ -64,6 +68,7 @@ class PreprocessSpec:
     fill: int = 0
     resampler: str = DEFAULT_RESAMPLER
     crop_pct: float = 1.0
+    decode_rule: int = DECODE_RULE
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +89,9 @@ class PreprocessSpec:
                 "give one value per channel, e.g. --mean 0.5 --std 0.5 for grayscale")
         if any(s <= 0 for s in self.std):
             raise SqlvisionError("std values must be positive", "fix --std")
+        if self.decode_rule not in DECODE_RULES:
+            raise SqlvisionError(f"unknown decode rule {self.decode_rule}",
+                                 f"use one of {DECODE_RULES} (or upgrade sqlvision)")
         if not 0.25 <= self.crop_pct <= 1:
             raise SqlvisionError(f"bad crop_pct {self.crop_pct}", "use a fraction in [0.25, 1]")
 
@@ -114,7 +122,7 @@ class PreprocessSpec:
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         """Rebuild a spec saved by :meth:`to_dict` (unknown keys are kept in ``extra``)."""
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        data = {"resampler": "pillow", **data}  # saved before there was a choice
+        data = {"resampler": "pillow", "decode_rule": 1, **data}  # saved before these existed
         kwargs = {k: v for k, v in data.items() if k in known}
         for key in ("mean", "std"):
             if key in kwargs:
@@ -141,7 +149,8 @@ class PreprocessSpec:
     def decode(self, data: bytes) -> np.ndarray:
         """Decode ``data`` safely into this spec's color mode, as uint8 ``H x W [x C]`` (JPEGs
         decode at reduced scale when much larger than needed: same result, several times faster)."""
-        return decode_array(data, self.mode, self.max_pixels, draft=(self.width * 2, self.height * 2))
+        return decode_array(data, self.mode, self.max_pixels, draft=(self.width * 2, self.height * 2),
+                            rule=self.decode_rule)
 
     def _scaled_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the image is resized to before a center crop or a pad."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from sqlvision.db.identifiers import quote_identifier, quote_name, split_name
+from sqlvision.db.identifiers import derived_name, quote_identifier, quote_name, split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
 
@@ -118,6 +118,8 @@ class Backend(ABC):
 
     dialect: ClassVar[str]
     quote_char: ClassVar[str] = '"'
+    #: the engine's identifier limit in UTF-8 bytes, where it counts bytes (PostgreSQL)
+    max_identifier_bytes: ClassVar[int | None] = None
     type_names: ClassVar[dict[str, str]]
 
     def __init__(self, url: DatabaseURL) -> None:
@@ -127,11 +129,24 @@ class Backend(ABC):
     # -- names -------------------------------------------------------------------------------
     def quote(self, name: str) -> str:
         """Quote a (possibly schema-qualified) table or a column name for this dialect."""
-        return quote_name(name, self.quote_char)
+        return quote_name(name, self.quote_char, self.max_identifier_bytes)
 
     def quote_column(self, name: str) -> str:
         """Quote a single column name (dots are part of the name, not a qualifier)."""
-        return quote_identifier(name, self.quote_char)
+        return quote_identifier(name, self.quote_char, self.max_identifier_bytes)
+
+    def check_name(self, name: str) -> str:
+        """Refuse ``name`` before anything is created if this engine could not hold it."""
+        self.quote(name)
+        return name
+
+    def index_name(self, table: str, columns: Sequence[str]) -> str:
+        """The name of sqlvision's index on ``table`` over ``columns``."""
+        return derived_name(split_name(table)[-1], *columns, "idx")
+
+    def key_too_long(self, column: Column, value: str) -> str | None:
+        """Why ``value`` cannot be stored in the indexed text ``column`` here, or ``None``."""
+        return None
 
     def quote_literal(self, value: str) -> str:
         """A string literal, for the rare statement that cannot take parameters (DDL)."""
@@ -228,8 +243,7 @@ class Backend(ABC):
 
     def create_index(self, table: str, columns: Sequence[str]) -> None:
         """Create an index on ``columns`` unless one of the same name exists."""
-        base = split_name(table)[-1]
-        index = f"{base}_{'_'.join(columns)}_idx"[:63]
+        index = self.index_name(table, columns)
         cols = ", ".join(self.quote_column(c) for c in columns)
         self.execute(
             f"CREATE INDEX IF NOT EXISTS {self.quote_column(index)} ON {self.quote(table)} ({cols})"

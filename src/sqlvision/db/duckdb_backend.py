@@ -57,7 +57,7 @@ class DuckDBBackend(InformationSchemaBackend):
                 "close the other process using it, or use another --db file",
             ) from exc
         except duckdb.InvalidInputException as exc:
-            raise SqlvisionError(f"bad DuckDB option in {url.raw!r}: {exc}",
+            raise SqlvisionError(f"bad DuckDB option in {url.redacted!r}: {exc}",
                                  "use DuckDB settings, e.g. ?memory_limit=2GB&threads=4") from exc
 
     @staticmethod

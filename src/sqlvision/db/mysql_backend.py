@@ -103,8 +103,9 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
                 yield cur.description, list(rows)
 
     def quote_literal(self, value: str) -> str:
-        # Backslashes escape in MariaDB's string literals too.
-        return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+        # A hex literal with a charset introducer means the same text whatever sql_mode says
+        # about backslashes (NO_BACKSLASH_ESCAPES) or quotes (ANSI_QUOTES).
+        return "_utf8mb4 X'" + value.encode().hex() + "'"
 
     # -- tables ------------------------------------------------------------------------------------
     def _where_name(self, name: str) -> tuple[str, list[Any]]:
@@ -115,6 +116,13 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
             return "table_schema = ? AND table_name = ?", parts
         return f"{self.current_schema_sql} AND table_name = ?", parts
 
+    def key_too_long(self, column: Column, value: str) -> str | None:
+        limit = column.max_chars or 255
+        if column.type != "key" or len(value) <= limit:
+            return None
+        return (f"{column.name} is {len(value):,} characters long; MariaDB indexes at most "
+                f"{limit} here")
+
     def column_type(self, column: Column) -> str:
         if column.type == "key" and column.max_chars:
             return f"VARCHAR({column.max_chars}) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -122,8 +130,7 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
 
     def create_index(self, table: str, columns: Sequence[str]) -> None:
         # MySQL has no CREATE INDEX IF NOT EXISTS (MariaDB has): look first.
-        base = split_name(table)[-1]
-        index = f"{base}_{'_'.join(columns)}_idx"[:63]
+        index = self.index_name(table, columns)
         where, params = self._where_name(table)
         if self.scalar(f"SELECT count(*) FROM information_schema.statistics WHERE {where} "
                        "AND index_name = ?", [*params, index]):

@@ -17,12 +17,13 @@ import pyarrow as pa
 from psycopg.types.json import Jsonb, set_json_loads
 
 from sqlvision.db.base import Column
-from sqlvision.db.identifiers import quote_identifier
+from sqlvision.db.identifiers import quote_identifier, split_name
 from sqlvision.db.server import ServerBackend
 from sqlvision.db.url import DatabaseURL
 
 _names = itertools.count()
 _JSON_OIDS = {114, 3802}  # json, jsonb
+_BTREE_MAX_BYTES = 2704
 
 
 def _json_text(data: bytes | str) -> str:
@@ -39,6 +40,7 @@ class PostgresBackend(ServerBackend):
 
     dialect = "postgresql"
     connection_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+    max_identifier_bytes = 63  # NAMEDATALEN - 1: longer names are cut without an error
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "BIGINT",
         "int": "INTEGER",
@@ -87,6 +89,31 @@ class PostgresBackend(ServerBackend):
             cur.execute(sql, args)
             while rows := cur.fetchmany(batch_rows):
                 yield cur.description, rows
+
+    # -- names -------------------------------------------------------------------------------------
+    def quote(self, name: str) -> str:
+        """With ``?schema=``, an unqualified name means that schema's table and nothing else:
+        the search path still lists ``public`` (for pgvector's type), so a name left to it
+        would reach another schema's table of the same name."""
+        quoted = super().quote(name)
+        if self.schema and len(split_name(name)) == 1:
+            return f"{quote_identifier(self.schema)}.{quoted}"
+        return quoted
+
+    def quote_literal(self, value: str) -> str:
+        # An escape string (E'...') reads backslashes the same way whatever
+        # standard_conforming_strings says; a plain '...' would not.
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+    def key_too_long(self, column: Column, value: str) -> str | None:
+        # A B-tree entry holds at most about a third of an 8 kB page.
+        if column.type != "key" or len(value.encode()) <= _BTREE_MAX_BYTES:
+            return None
+        return (f"{column.name} is {len(value.encode()):,} bytes long; PostgreSQL indexes at "
+                f"most {_BTREE_MAX_BYTES:,}")
+
+    def temporary_name(self, name: str) -> str:
+        return f"pg_temp.{name}"
 
     # -- tables ------------------------------------------------------------------------------------
     def table_exists(self, name: str) -> bool:

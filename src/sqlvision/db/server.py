@@ -52,11 +52,8 @@ class ServerBackend(Backend):
                                  CONNECT_HINT) from None
 
     def clean(self, exc: BaseException) -> str:
-        """The driver's message on one line, with the password (if any) masked."""
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        if self.url.password:
-            text = text.replace(self.url.password, "***")
-        return text
+        """The driver's message on one line, with every credential of the URL masked."""
+        return self.url.mask(" ".join(str(exc).split()) or type(exc).__name__)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
@@ -131,9 +128,9 @@ class ServerBackend(Backend):
         """Bulk-insert the new values into a temporary table, then one UPDATE join."""
         if not data.num_rows:
             return
-        temp = f"sv_update_{next(_temp_ids)}"
+        temp = self.temporary_name(f"sv_update_{next(_temp_ids)}")
         cols = ", ".join(self.quote_column(c) for c in data.column_names)
-        self.execute(f"CREATE TEMPORARY TABLE {self.quote_column(temp)} AS "
+        self.execute(f"CREATE TEMPORARY TABLE {self.quote(temp)} AS "
                      f"SELECT {cols} FROM {self.quote(table)} WHERE 1 = 0")
         try:
             self.insert(temp, data)
@@ -141,6 +138,10 @@ class ServerBackend(Backend):
                              {c: c for c in data.column_names if c != key}, "1 = 1", [])
         finally:
             self.drop_table(temp)
+
+    def temporary_name(self, name: str) -> str:
+        """How a temporary table called ``name`` is named in statements."""
+        return name
 
     # -- transactions ----------------------------------------------------------------------------------
     def _begin(self) -> None:

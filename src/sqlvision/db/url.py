@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from sqlvision.errors import SqlvisionError
 
@@ -21,6 +23,8 @@ _SCHEME_ALIASES = {
     "mariadb": "mysql",
 }
 _SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db3")
+#: query parameters that carry a credential (libpq's, PyMySQL's, DuckDB's tokens and kin)
+SECRET_PARAMETERS = re.compile(r"pass|pwd|secret|token|key|credential|auth", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,55 @@ class DatabaseURL:
     query: str = ""
 
     @property
+    def secrets(self) -> list[str]:
+        """Every credential the URL carries (its password, secret query values), raw and
+        decoded: the strings no message may show."""
+        found = [] if self.password is None else [self.password]
+        found += [v for k, v in parse_qsl(self.query, keep_blank_values=True)
+                  if SECRET_PARAMETERS.search(k) and v]
+        encoded = [f for v in found for f in (quote(v, safe=""), quote(v)) if f in self.raw]
+        return sorted({*found, *encoded}, key=len, reverse=True)
+
+    @property
     def redacted(self) -> str:
-        """The URL with any password replaced by ``***``: safe to print."""
-        if self.password is None:
-            return self.raw
-        return self.raw.replace(":" + _raw_password(self.raw) + "@", ":***@", 1)
+        """The URL with its password and every secret query value replaced by ``***``: safe to
+        print, log or store."""
+        return redact_url(self.raw)
+
+    def mask(self, text: str) -> str:
+        """``text`` with this URL's credentials replaced by ``***`` (driver messages)."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
-def _raw_password(raw: str) -> str:
-    netloc = urlsplit(raw).netloc
-    userinfo = netloc.rpartition("@")[0]
-    return userinfo.partition(":")[2]
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;]+)=([^&#;]*)")
+
+
+def redact_url(raw: str) -> str:
+    """``raw`` with the userinfo password and secret query values masked."""
+    text = raw
+    scheme, sep, rest = raw.partition("://")
+    if sep:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        userinfo, at, host = rest[:end].rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if at and colon:
+            text = f"{scheme}://{user}:***@{host}{rest[end:]}"
+    return _QUERY_PARAM.sub(
+        lambda m: f"{m[1]}{m[2]}=***" if SECRET_PARAMETERS.search(unquote(m[2])) else m[0], text)
+
+
+_URL_IN_TEXT = re.compile(r"[a-zA-Z][\w+.-]*://\S+")
+
+
+def redact_text(text: str, url: str | None = None) -> str:
+    """``text`` (a message) with every URL in it redacted and the credentials of ``url`` (the
+    database URL in use, if any: a driver may quote its password alone) masked."""
+    if url:
+        with contextlib.suppress(SqlvisionError):
+            text = parse_url(url).mask(text)
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m[0]), text)
 
 
 def parse_url(url: str | os.PathLike[str] | None = None) -> DatabaseURL:

@@ -34,7 +34,9 @@ from sqlvision.parallel import BackgroundWriter, chunked, default_workers, order
 from sqlvision.progress import progress_bar
 from sqlvision.storage import display_path
 
+DEFAULT_MAX_BYTES = 512 << 20  # larger than any image at the default pixel cap, uncompressed
 IMAGE_SCHEMA = arrow_schema(IMAGE_COLUMNS)
+URI_COLUMN = next(c for c in IMAGE_COLUMNS if c.name == "uri")
 _ERROR_SCHEMA = pa.schema([("table_name", pa.string()), ("path", pa.string()),
                            ("reason", pa.string()), ("error_at", pa.timestamp("us"))])
 
@@ -132,11 +134,11 @@ class _Ingest:
     """One run's state: the settings, what is stored, the current batch."""
 
     def __init__(self, backend: Backend, table: str, *, reference: bool, refresh: bool,
-                 max_pixels: int, check: str, batch_rows: int, batch_bytes: int,
-                 workers: int | None, show_progress: bool | None) -> None:
+                 max_pixels: int, max_bytes: int, check: str, batch_rows: int,
+                 batch_bytes: int, workers: int | None, show_progress: bool | None) -> None:
         self.backend, self.table = backend, table
         self.reference, self.refresh = reference, refresh
-        self.max_pixels, self.check = max_pixels, check
+        self.max_pixels, self.max_bytes, self.check = max_pixels, max_bytes, check
         self.batch_rows, self.batch_bytes = batch_rows, batch_bytes
         # What the reader hands the writer at a time: small enough to overlap, whole batches
         # still commit as one transaction.
@@ -197,10 +199,16 @@ class _Ingest:
         return [self.read_one(c) for c in chunk]
 
     def read_one(self, c: Candidate) -> _Read:
+        if c.size is not None and c.size > self.max_bytes:
+            return _Read(c, error=self.too_big(c.size))
         try:
             data = c.reader.read(c.key)
         except OSError as exc:
             return _Read(c, error=f"cannot read file: {exc.strerror or exc}")
+        except Exception as exc:  # noqa: BLE001 - a filesystem driver's own error costs only this file
+            return _Read(c, error=f"cannot read file: {type(exc).__name__}: {exc}")
+        if len(data) > self.max_bytes:
+            return _Read(c, error=self.too_big(len(data)))
         result = _Read(c, sha256=hashlib.sha256(data).hexdigest())
         if not self.reference and (reason := self.backend.too_large(len(data))):
             result.error = f"too large for this database: {reason}"
@@ -214,6 +222,10 @@ class _Ingest:
             return result
         result.data = data
         return result
+
+    def too_big(self, size: int) -> str:
+        return (f"file too large: {size:,} bytes exceeds the cap of {self.max_bytes:,} "
+                "(raise it with --max-bytes if the file is trusted)")
 
     # -- batches ---------------------------------------------------------------------------------
     def reads(self, todo: list[Candidate]) -> Iterable[list[_Read]]:
@@ -373,7 +385,8 @@ class _Ingest:
 
 def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str | None = None,
            split: str | None = None, seed: int = 0, reference: bool = False,
-           refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, check: str = "header",
+           refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_bytes: int = DEFAULT_MAX_BYTES, check: str = "header",
            batch_rows: int = 2048, batch_bytes: int = 128 << 20, workers: int | None = None,
            progress: bool | None = None) -> IngestReport:
     """Ingest images from ``sources`` into ``table``; see :meth:`sqlvision.Database.ingest`."""
@@ -385,9 +398,10 @@ def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str 
         raise SqlvisionError(f"unknown --check value {check!r}", "use header or full")
     label_rule = LabelRule.parse(labels)
     split_rule = SplitRule.parse(split, seed)
-    backend.quote(table)  # validates the name before anything is created
+    backend.check_name(table)  # before anything is created
     run = _Ingest(backend, table, reference=reference, refresh=refresh, max_pixels=max_pixels,
-                  check=check, batch_rows=batch_rows, batch_bytes=batch_bytes, workers=workers,
+                  max_bytes=max_bytes, check=check, batch_rows=batch_rows,
+                  batch_bytes=batch_bytes, workers=workers,
                   show_progress=progress)
     scan = scan_sources(sources, label_rule, split_rule)
     if reference and any(not c.reader.reference_ok for c in scan.candidates):
@@ -398,7 +412,9 @@ def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str 
     todo, updates = [], set()
     for c in scan.candidates:
         stored = run.stored.get(c.uri)
-        if stored is None:
+        if stored is None and (reason := backend.key_too_long(URI_COLUMN, c.uri)):
+            scan.errors.append((c.uri, f"path too long for this database: {reason}"))
+        elif stored is None:
             todo.append(c)
         elif refresh and run.changed(c, stored):
             todo.append(c)

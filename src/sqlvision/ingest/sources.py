@@ -6,8 +6,10 @@ Scanning reads only directory entries and file stats; bytes are read later, in p
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -17,10 +19,23 @@ from sqlvision.ingest import idx
 from sqlvision.ingest.labeling import LabelRule, LabelsFile, SplitRule
 from sqlvision.storage import local_path
 
-IMAGE_EXTENSIONS = frozenset((
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp",
-    ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico",
-))
+
+def _image_extensions() -> frozenset[str]:
+    """The file extensions ingest reads: the formats Pillow decodes on every install, plus
+    AVIF and JPEG 2000 where this Pillow was built with them. HEIC, RAW and SVG are not
+    images to sqlvision (Pillow cannot decode them): convert them first."""
+    from PIL import features
+
+    found = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".webp",
+             ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico"}
+    if features.check("avif"):
+        found |= {".avif", ".avifs"}
+    if features.check("jpg_2000"):
+        found |= {".jp2", ".j2k", ".jpx"}
+    return frozenset(found)
+
+
+IMAGE_EXTENSIONS = _image_extensions()
 LABEL_FILE_EXTENSIONS = (".csv", ".tsv", ".parquet", ".pq")
 
 
@@ -138,10 +153,26 @@ def _scan_one(source: str, labels: LabelRule, split: SplitRule, scan: Scan) -> N
                 _add_local(os.path.abspath(match), root, labels, split, scan, explicit=False)
         return
     if os.path.lexists(path):
-        scan.errors.append((os.path.abspath(path), "broken symlink (its target does not exist)"))
+        scan.errors.append((os.path.abspath(path), _unreadable_reason(path)))
         return
     raise SqlvisionError(f"source not found: {source}",
                          "check the path (quote glob patterns so the shell does not expand them)")
+
+
+def _unreadable_reason(path: str) -> str:
+    """Why ``path``, which exists as a name, is not a file ingest can read."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself)"
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return "broken symlink (its target does not exist)"
+        return f"cannot read: {exc.strerror or exc}"
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(st.st_mode)), "not a regular file")
+    return f"not a regular file: {kind}"
 
 
 def _static_prefix(pattern: str) -> str:
@@ -163,14 +194,18 @@ def _apply_rules(c: Candidate, root_name: str, labels: LabelRule, split: SplitRu
 
 
 def _add_local(path: str, root: str, labels: LabelRule, split: SplitRule, scan: Scan,
-               explicit: bool, stat: os.stat_result | None = None, rel: str | None = None) -> None:
+               explicit: bool, file_stat: os.stat_result | None = None,
+               rel: str | None = None) -> None:
     if not explicit and os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
         scan.ignored += 1
         return
     try:
-        st = stat or os.stat(path)
-    except OSError as exc:
-        scan.errors.append((path, f"cannot read file: {exc.strerror or exc}"))
+        st = file_stat or os.stat(path)
+    except OSError:
+        scan.errors.append((path, _unreadable_reason(path)))
+        return
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read forever
+        scan.errors.append((path, _unreadable_reason(path)))
         return
     if rel is None:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
@@ -204,10 +239,8 @@ def _walk(folder: str, labels: LabelRule, split: SplitRule, scan: Scan,
             try:
                 is_dir = entry.is_dir()
                 entry_stat = entry.stat() if not is_dir else os.stat(entry.path)
-            except OSError as exc:
-                reason = ("broken symlink (its target does not exist)" if entry.is_symlink()
-                          else f"cannot read: {exc.strerror or exc}")
-                scan.errors.append((entry.path, reason))
+            except OSError:
+                scan.errors.append((entry.path, _unreadable_reason(entry.path)))
                 continue
             if is_dir:
                 ident = (entry_stat.st_dev, entry_stat.st_ino)
@@ -221,8 +254,10 @@ def _walk(folder: str, labels: LabelRule, split: SplitRule, scan: Scan,
                     visited.add(ident)
                     visit(entry.path, prefix + entry.name + "/", ancestors | {ident})
             elif entry.is_file():
-                _add_local(entry.path, root, labels, split, scan, explicit=False, stat=entry_stat,
+                _add_local(entry.path, root, labels, split, scan, explicit=False, file_stat=entry_stat,
                            rel=prefix + entry.name)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                scan.errors.append((entry.path, _unreadable_reason(entry.path)))
 
     visit(folder, base, frozenset(visited))
 

@@ -108,7 +108,7 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     assert bundle.version is not None
     classifier = load_classifier(bundle, engine, device)
     check_integer_ids(backend, table)
-    predicted_view_name(table.name)  # a name too long for a view fails before any work
+    predicted_view_name(backend, table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
     q, qt = backend.quote_column, backend.quote(table.name)
     key = (table.name, bundle.name, bundle.version)

@@ -9,7 +9,6 @@ has predicted the row. Rows not predicted yet appear once, with NULL predictions
 from __future__ import annotations
 
 from sqlvision.db.base import Backend
-from sqlvision.db.identifiers import split_name
 from sqlvision.errors import SqlvisionError
 from sqlvision.tables import ImageTable
 
@@ -17,16 +16,14 @@ PREDICTED_COLUMNS = ("model", "model_version", "predicted_label", "confidence", 
                      "prediction_error", "predicted_at")
 
 
-def predicted_view_name(table: str) -> str:
+def predicted_view_name(backend: Backend, table: str) -> str:
     """``photos`` -> ``photos_predicted`` (checked now, so a bad name fails before any work)."""
-    name = f"{table}_predicted"
-    split_name(name)
-    return name
+    return backend.check_name(f"{table}_predicted")
 
 
 def create_predicted_view(backend: Backend, table: ImageTable, predictions: str) -> str:
     """(Re)create the view for ``table``; returns its name."""
-    view = predicted_view_name(table.name)
+    view = predicted_view_name(backend, table.name)
     q = backend.quote_column
     keep = [c for c in backend.table_columns(table.name)
             if c != table.image and c.lower() not in PREDICTED_COLUMNS]
