@@ -8,9 +8,45 @@ set -uo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
 say() { echo "setup-services: $*"; }
 
-PGVECTOR_VERSION=0.8.0
-PGVECTOR_SHA256=867a2c328d4928a5a9d6f052cd3bc78c7d60228a9b914ad32aa3db88e9de27b0
-PGVECTOR_URL=http://deb.debian.org/debian/pool/main/p/pgvector/pgvector_${PGVECTOR_VERSION}.orig.tar.gz
+# Where Debian's own package is missing (bookworm has none for PostgreSQL 15), pgvector is built
+# from Debian's source package of this suite, fetched through apt from the mirror this machine's
+# own apt sources name (signatures checked by apt): no download address is written here.
+PGVECTOR_SOURCE_SUITE=trixie
+
+# The mirror and keyring of this machine's Debian sources ("URL KEYRING"), from deb822
+# .sources files or a one-line sources.list.
+debian_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN{RS=""} /Types:[^\n]*deb/ && /Suites:/ && !/-security/ {
+           uri=""; key=""
+           n=split($0, lines, "\n")
+           for (i=1;i<=n;i++) { if (lines[i] ~ /^URIs:/) {split(lines[i],a," "); uri=a[2]}
+                                if (lines[i] ~ /^Signed-By:/) {split(lines[i],b," "); key=b[2]} }
+           if (uri ~ /debian\/?$/) { print uri, key; exit } }' "$f" && return
+  done
+  grep -hE '^deb [^[]*debian/? ' /etc/apt/sources.list 2>/dev/null | awk '{print $2, ""; exit}'
+}
+
+# Fetch the pgvector source tarball into $1 with apt-get source, using a private apt state
+# (the machine's own configuration is left as it is).
+fetch_pgvector_source() {
+  local dest=$1 mirror keyring state
+  read -r mirror keyring <<<"$(debian_mirror)"
+  [ -n "$mirror" ] || { say "no Debian mirror found in this machine's apt sources"; return 1; }
+  state=$(mktemp -d)
+  mkdir -p "$state/lists/partial" "$state/parts"
+  echo "deb-src ${keyring:+[signed-by=$keyring] }$mirror $PGVECTOR_SOURCE_SUITE main" > "$state/sources.list"
+  say "fetching Debian's pgvector source ($PGVECTOR_SOURCE_SUITE) from $mirror"
+  local opts=(-o "Dir::Etc::SourceList=$state/sources.list" -o "Dir::Etc::SourceParts=$state/parts"
+              -o "Dir::State::Lists=$state/lists" -o "APT::Get::List-Cleanup=0")
+  apt-get "${opts[@]}" update -qq >/dev/null 2>&1 \
+    && (cd "$dest" && apt-get "${opts[@]}" source --download-only -qq pgvector >/dev/null 2>&1)
+  local rc=$?
+  rm -rf "$state"
+  return $rc
+}
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
 if [ -d /etc/postgresql ]; then
@@ -24,23 +60,28 @@ if [ -d /etc/postgresql ]; then
     apt_ok=0
     if command -v apt-get >/dev/null; then
       as_root apt-get update -qq >/dev/null 2>&1
-      # Debian's own package where the release has it; else build Debian's source tarball.
+      # Debian's own package where the release has it; else build Debian's source package.
+      say "installing postgresql-$PG-pgvector (apt-get)"
       if as_root apt-get install -y -qq "postgresql-$PG-pgvector" >/dev/null 2>&1; then
         apt_ok=1
       else
-        as_root apt-get install -y -qq "postgresql-server-dev-$PG" make gcc curl >/dev/null 2>&1 && apt_ok=2
+        say "no package; installing the build tools postgresql-server-dev-$PG, make, gcc (apt-get)"
+        as_root apt-get install -y -qq "postgresql-server-dev-$PG" make gcc >/dev/null 2>&1 && apt_ok=2
       fi
     fi
     if [ "$apt_ok" = 2 ]; then
       work=$(mktemp -d)
-      if curl -fsSL -o "$work/pgvector.tar.gz" "$PGVECTOR_URL" \
-         && echo "$PGVECTOR_SHA256  $work/pgvector.tar.gz" | sha256sum -c --quiet; then
-        tar -xzf "$work/pgvector.tar.gz" -C "$work"
-        (cd "$work/pgvector-$PGVECTOR_VERSION" && make -s PG_CONFIG="/usr/lib/postgresql/$PG/bin/pg_config" >/dev/null 2>&1 \
+      chmod 777 "$work"  # apt's download user (_apt) writes here
+      if fetch_pgvector_source "$work" && tarball=$(ls "$work"/pgvector_*.orig.tar.* 2>/dev/null | head -1) \
+         && [ -n "$tarball" ]; then
+        tar -xf "$tarball" -C "$work"
+        src=$(find "$work" -maxdepth 1 -type d -name 'pgvector-*' | head -1)
+        say "building $(basename "$src") against PostgreSQL $PG"
+        (cd "$src" && make -s PG_CONFIG="/usr/lib/postgresql/$PG/bin/pg_config" >/dev/null 2>&1 \
           && as_root make -s install PG_CONFIG="/usr/lib/postgresql/$PG/bin/pg_config" >/dev/null 2>&1) \
           || say "building pgvector failed"
       else
-        say "could not download pgvector's source"
+        say "could not fetch pgvector's source through apt"
       fi
       rm -rf "$work"
     fi

@@ -96,13 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "regex:PATTERN with a (?P<label>...) group, or none")
     p.add_argument("--split", metavar="RULE", default="folder",
                    help="folder (train/validation/val/test folders, default), "
-                        "random:TRAIN,VAL,TEST (seeded, e.g. random:0.8,0.1,0.1), or none")
+                        "random:TRAIN,VAL,TEST (seeded, stratified by label, e.g. "
+                        "random:0.8,0.1,0.1), or none")
     p.add_argument("--seed", type=int, default=0, help="seed of --split random (default 0)")
     p.add_argument("--reference", action="store_true",
                    help="store uri and metadata only (data NULL); bytes are read from the uri "
                         "when needed")
     p.add_argument("--refresh", action="store_true",
                    help="also re-read changed files and flag missing ones (column missing)")
+    p.add_argument("--resplit", action="store_true",
+                   help="give rows already stored the split --split gives them (by default "
+                        "they keep the split they were ingested with)")
     p.add_argument("--max-bytes", type=_byte_size, default=None, metavar="SIZE",
                    help="skip files larger than this (e.g. 200MB, 2GiB; default 512MiB), each "
                         "with its error row")
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("stats", parents=[common], help="counts per label and split + bar chart",
                          description="Print image counts per label x split and write the bar "
                                      "chart as PNG.")
-    p.add_argument("table", metavar="TABLE")
+    p.add_argument("table", metavar="TABLE", help="image table (or your own, see below)")
     p.add_argument("--where", metavar="SQL", help="filter rows with a SQL condition")
     p.add_argument("--plot", metavar="PNG", help="bar chart path (default: TABLE-stats.png)")
     p.add_argument("--no-plot", action="store_true", help="do not write the bar chart")
@@ -139,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="With --id, write that row's image (blob or reference) to "
                                      "--out. Without, write a contact sheet PNG of a few images "
                                      "per label.")
-    p.add_argument("table", metavar="TABLE")
+    p.add_argument("table", metavar="TABLE", help="image table (or your own, see below)")
     p.add_argument("--id", dest="image_id", metavar="ID", help="row id of the image to write")
     p.add_argument("--out", metavar="FILE",
                    help="output file (default: TABLE-ID.<format> or TABLE-sheet.png); its "
@@ -166,7 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the demo database and pictures go (default ./sqlvision-demo)")
     p.add_argument("--epochs", type=int, default=6, metavar="N", help="training epochs (default 6)")
     p.set_defaults(func=_demo)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every verb's --help opens with a description: its one-line help where none is written."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):
+                    sub.description = str(helps[name])[0].upper() + str(helps[name])[1:] + "."
+                _describe(sub)
 
 
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
@@ -276,12 +292,14 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, metavar="LR",
                    help="peak learning rate of the classifier (default 3e-3 AdamW, 0.05 SGD; "
                         "0.3x when fine-tuning, pretrained layers lower still)")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help=f"optimizer (default {d.optimizer})")
     g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
                    help=f"learning-rate schedule (default {d.schedule})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="WD",
                    help="L2 weight decay (default 0.01 AdamW, 5e-4 SGD)")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="F")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="F",
+                   help="label smoothing of the loss (default: the recipe's, 0.1 for photos)")
     g.add_argument("--balance", action="store_true", help="weight classes by inverse frequency")
     g.add_argument("--downsample", type=float, metavar="FRACTION",
                    help="train on this fraction of the training rows (stratified, seeded)")
@@ -337,7 +355,7 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
                     "same version are skipped, so reruns and interrupted runs complete without "
                     "duplicates.")
     p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
-    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
     p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
     p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes kept in top_k (5)")
@@ -346,53 +364,62 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--recompute", action="store_true", help="predict rows already predicted")
     p.add_argument("--into-columns", action="store_true",
                    help="also write predicted_label, confidence, predicted_at into TABLE")
-    p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime")
+    p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="onnxruntime (the stored ONNX, default) or torch (the stored weights)")
     p.add_argument("--device", help="cuda to run on the GPU")
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="images per inference call (default: 4 on a CPU, 64 on a GPU)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: one per core)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--id-col", metavar="COL")
-    p.add_argument("--image-col", metavar="COL")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
+    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
     p.set_defaults(func=_predict)
 
     p = verbs.add_parser("evaluate", parents=[common], help="accuracy, per-class metrics, report",
                          description="Evaluate MODEL on the labeled rows of TABLE: accuracy, "
                                      "top-k accuracy, per-class precision/recall/F1, confusion "
                                      "matrix (stored in sv_evaluations) and an HTML report.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--table", required=True, metavar="TABLE")
-    p.add_argument("--where", metavar="SQL", help="e.g. \"split = 'test'\"")
-    p.add_argument("--version", type=int, metavar="V")
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
+    p.add_argument("--where", metavar="SQL",
+                   help="rows to evaluate (default: the test split, else the validation split, "
+                        "else all)")
+    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
     p.add_argument("-k", type=int, default=5, help="k of top-k accuracy (default 5)")
     p.add_argument("--report", metavar="DIR",
                    help="write report.html, confusion.png, mistakes.png, metrics.json here")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _columns(p)
     p.set_defaults(func=_evaluate)
 
-    p = verbs.add_parser("embed", parents=[common], help="store image embeddings in sv_embeddings")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--table", required=True, metavar="TABLE")
-    p.add_argument("--where", metavar="SQL")
-    p.add_argument("--version", type=int, metavar="V")
-    p.add_argument("--recompute", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--id-col", metavar="COL")
-    p.add_argument("--image-col", metavar="COL")
+    p = verbs.add_parser(
+        "embed", parents=[common], help="store image embeddings in sv_embeddings",
+        description="Store MODEL's penultimate-layer vector of every selected row in "
+                    "sv_embeddings (for similar, logistic heads and your own SQL). Rows already "
+                    "embedded by the same version are skipped, so reruns complete without "
+                    "duplicates.")
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table to embed")
+    p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
+    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+    p.add_argument("--recompute", action="store_true", help="embed rows already embedded")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
+    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
     p.set_defaults(func=_embed)
 
     p = verbs.add_parser("similar", parents=[common], help="find the most similar images",
                          description="The K images of TABLE closest (cosine, on MODEL's "
                                      "embeddings) to --image; missing embeddings are computed.")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--table", required=True, metavar="TABLE")
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
     p.add_argument("--image", required=True, metavar="PATH", help="query image (path or URI)")
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--id-col", metavar="COL")
-    p.add_argument("--image-col", metavar="COL")
+    p.add_argument("-k", type=int, default=5, help="how many images (default 5)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default table)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
+    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
     p.set_defaults(func=_similar)
 
 
@@ -450,28 +477,33 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser("list", parents=[common], help="every model version")
     s.set_defaults(func=_models_list)
     s = sub.add_parser("show", parents=[common], help="classes, preprocessing, input/output schema")
-    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("ref", metavar="NAME[:VERSION]", help="model (default: its latest version)")
     s.set_defaults(func=_models_show)
     s = sub.add_parser("export", parents=[common], help="write a self-contained bundle file")
-    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("ref", metavar="NAME[:VERSION]", help="model (default: its latest version)")
     s.add_argument("--out", required=True, metavar="PATH", help="bundle file (.svmodel)")
     s.add_argument("--onnx", action="store_true", help="write only the ONNX graph")
     s.set_defaults(func=_models_export)
     s = sub.add_parser("import", parents=[common], help="register a bundle or an ONNX classifier",
                        description="Register a .svmodel bundle, or an external ONNX classifier "
                                    "(N x C x H x W float input, N x classes output) with --labels.")
-    s.add_argument("name", metavar="NAME")
+    s.add_argument("name", metavar="NAME", help="name to register the model under (a new version)")
     s.add_argument("path", metavar="PATH", help=".svmodel bundle or .onnx file")
     s.add_argument("--labels", metavar="FILE", help="class names, one per line (ONNX files)")
-    s.add_argument("--image-size", type=_image_size, metavar="N|HxW", default=(224, 224))
-    s.add_argument("--mean", type=_floats, metavar="M[,M,M]")
-    s.add_argument("--std", type=_floats, metavar="S[,S,S]")
+    s.add_argument("--image-size", type=_image_size, metavar="N|HxW", default=(224, 224),
+                   help="input size the ONNX model expects (default 224)")
+    s.add_argument("--mean", type=_floats, metavar="M[,M,M]",
+                   help="normalization mean per channel (default ImageNet's)")
+    s.add_argument("--std", type=_floats, metavar="S[,S,S]",
+                   help="normalization std per channel (default ImageNet's)")
     s.add_argument("--grayscale", action="store_true", help="the model takes 1-channel input")
-    s.add_argument("--resize", choices=("squash", "crop", "pad"), default="crop")
+    s.add_argument("--resize", choices=("squash", "crop", "pad"), default="crop",
+                   help="how images reach the input size (default crop)")
     s.add_argument("--resampler", choices=RESAMPLERS, help=_RESAMPLER_HELP)
     s.set_defaults(func=_models_import)
     s = sub.add_parser("delete", parents=[common], help="delete a version, or all versions")
-    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("ref", metavar="NAME[:VERSION]",
+                   help="NAME:VERSION deletes that version, NAME all of them")
     s.set_defaults(func=_models_delete)
     s = sub.add_parser("archs", parents=[common], help="architectures --arch accepts")
     s.add_argument("pattern", nargs="?", help="filter timm names, e.g. 'resnet*'")
@@ -500,7 +532,7 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
                                    "on rows of --table), compare accuracy and speed with the float "
                                    "model on --eval-where rows, and register it as a new version "
                                    "when it is faster on this CPU.")
-    s.add_argument("ref", metavar="NAME[:VERSION]")
+    s.add_argument("ref", metavar="NAME[:VERSION]", help="model (default: its latest version)")
     s.add_argument("--table", required=True, metavar="TABLE", help="rows to calibrate and compare on")
     s.add_argument("--where", metavar="SQL", help="calibration rows (default: split 'train')")
     s.add_argument("--eval-where", metavar="SQL",
@@ -574,7 +606,7 @@ def _models_export(args: argparse.Namespace) -> int:
 
 
 def _models_import(args: argparse.Namespace) -> int:
-    with _connect(args) as db:
+    with _connect(args, create=True) as db:
         bundle = db.import_model(args.name, args.path, labels=args.labels,
                                  image_size=args.image_size, mean=args.mean, std=args.std,
                                  grayscale=args.grayscale, resize=args.resize,
@@ -632,7 +664,7 @@ def _pretrained_archs(args: argparse.Namespace) -> int:
 
 
 def _models_pretrained(args: argparse.Namespace) -> int:
-    with _connect(args) as db:
+    with _connect(args, create=True) as db:
         bundle = db.register_imagenet(args.arch, args.name, pretrained_file=args.pretrained_file)
     print(f"registered {bundle.ref} ({bundle.architecture}, {len(bundle.classes)} ImageNet classes, "
           f"weights from {bundle.lineage['weights_source']})")
@@ -648,19 +680,29 @@ def _models_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace) -> Any:
+def _connect(args: argparse.Namespace, create: bool = False) -> Any:
+    """The database of ``--db``. Only verbs that add data (``create``) may start a new
+    database file: for the others a missing file is a typo, not an empty database."""
     from sqlvision.connection import connect
+    from sqlvision.db import parse_url
 
+    url = parse_url(args.db)
+    if not create and url.scheme in ("duckdb", "sqlite") and url.path != ":memory:" \
+            and not os.path.exists(url.path):
+        raise SqlvisionError(f"database file {url.path!r} does not exist",
+                             "check --db (or $SQLVISION_DB); ingest, models import and models "
+                             "pretrained create a new database")
     return connect(args.db)
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from sqlvision.ingest import DEFAULT_MAX_BYTES
 
-    with _connect(args) as db:
+    with _connect(args, create=True) as db:
         report = db.ingest(args.table, *args.sources, labels=args.labels, split=args.split,
                            seed=args.seed, reference=args.reference, refresh=args.refresh,
-                           max_bytes=args.max_bytes or DEFAULT_MAX_BYTES, check=args.check,
+                           resplit=args.resplit, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
+                           check=args.check,
                            workers=args.workers, batch_rows=args.batch_rows,
                            progress=False if args.no_progress else None)
     print(report.summary())
@@ -670,13 +712,14 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def print_ingest_errors(report: Any, limit: int = 5) -> None:
     """The first few skipped files with their reasons, and where to find the rest."""
-    from sqlvision.storage import display_path
+    from sqlvision.errors import command, sql_string
+    from sqlvision.storage import display_path, printable
 
     for path, reason in report.errors[:limit]:
-        print(f"  skipped {display_path(path)}: {reason}")
+        print(f"  skipped {display_path(path)}: {printable(reason)}")
     if len(report.errors) > limit:
-        print(f"  ... and {len(report.errors) - limit} more: sqlvision sql \"SELECT * FROM "
-              f"sv_ingest_errors WHERE table_name = '{report.table}'\"")
+        query = f"SELECT * FROM sv_ingest_errors WHERE table_name = {sql_string(report.table)}"
+        print(f"  ... and {len(report.errors) - limit} more: {command('sql', query)}")
 
 
 def _sql(args: argparse.Namespace) -> int:

@@ -91,7 +91,8 @@ class Database:
     # -- verbs ----------------------------------------------------------------------------------
     def ingest(self, table: str, *sources: str | os.PathLike[str], labels: str | None = None,
                split: str | None = None, seed: int = 0, reference: bool = False,
-               refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               refresh: bool = False, resplit: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS,
                max_bytes: int = DEFAULT_MAX_BYTES, check: str = "header", workers: int | None = None,
                batch_rows: int = 2048, progress: bool | None = None) -> IngestReport:
         """Add images from folders, files, globs, URIs, labels files or IDX archives to ``table``.
@@ -100,13 +101,15 @@ class Database:
         ``regex:PATTERN`` with a ``label`` group, or ``none``. ``split``: ``folder`` (``train``,
         ``validation``/``val``, ``test`` folders), ``random:TRAIN,VAL,TEST`` seeded by ``seed``,
         or ``none``. ``reference`` stores uris and metadata only. Reruns add only what is new;
-        ``refresh`` also re-reads changed files and flags missing ones. Bad files (corrupt, over
+        ``refresh`` also re-reads changed files and flags missing ones; ``resplit`` gives stored
+        rows the split this run's rule gives them (else they keep theirs). Bad files (corrupt, over
         ``max_pixels`` or ``max_bytes``) are skipped and recorded in ``sv_ingest_errors``.
         """
         from sqlvision.ingest import ingest
 
         return ingest(self.backend, table, [os.fspath(s) for s in sources], labels=labels,
                       split=split, seed=seed, reference=reference, refresh=refresh,
+                      resplit=resplit,
                       max_pixels=max_pixels, max_bytes=max_bytes, check=check, workers=workers,
                       batch_rows=batch_rows, progress=progress)
 
@@ -261,6 +264,8 @@ class Database:
         from sqlvision.explore import fetch_image, write_image
 
         spec = self.image_table(table, **columns)
+        if isinstance(image_id, str) and image_id.strip().lstrip("-").isdigit():
+            image_id = int(image_id)  # from the command line
         data, _ = fetch_image(self.backend, spec, image_id)
         return write_image(data, out, f"{table}-{image_id}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 
 class SqlvisionError(Exception):
     """A failure the user can act on; ``hint`` says how to fix it."""
@@ -21,3 +23,14 @@ class MissingDependencyError(SqlvisionError, ImportError):
 
 class ImageError(SqlvisionError):
     """An image could not be read, identified or decoded safely."""
+
+
+def command(*argv: str) -> str:
+    """A ``sqlvision`` command line to suggest in a message, quoted so a shell runs it as is
+    (whatever the table name holds)."""
+    return shlex.join(["sqlvision", *argv])
+
+
+def sql_string(value: str) -> str:
+    """``value`` as a standard SQL string literal, for SQL shown in a message."""
+    return "'" + value.replace("'", "''") + "'"

@@ -62,10 +62,12 @@ class Evaluation:
     unknown_labels: dict[str, int] = field(default_factory=dict)
     mistakes: list[dict[str, Any]] = field(default_factory=list)
     report: Path | None = None
+    selection: str = ""
 
     def text(self) -> str:
         """The printed report: headline numbers, per-class table, confusion matrix."""
-        lines = [f"{self.model} on {self.table}: {self.rows} labeled images",
+        lines = [f"{self.model} on {self.table}: {self.rows} labeled images "
+                 f"({self.selection or 'all rows'})",
                  f"accuracy {self.accuracy:.4f}, top-{self.k} accuracy {self.top_k_accuracy:.4f}, "
                  f"macro F1 {self.macro_f1:.4f}"]
         if self.undecodable:
@@ -94,6 +96,7 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
         raise SqlvisionError(f"table {table.name!r} has no label column", "name it with --label-col")
     name, ref_version = registry.parse_ref(model)
     bundle = registry.load(backend, name, version or ref_version)
+    where, selection = held_out_rows(backend, table, where)
     predict_table(backend, bundle.ref, table, where=where, top_k=max(k, 5), engine=engine,
                   progress=progress, bundle=bundle)
     q, qt = backend.quote_column, backend.quote(table.name)
@@ -138,13 +141,28 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
                     "support": int(s)} for c, p, r, f, s in zip(classes, precision, recall, f1,
                                                                support, strict=True)],
         confusion=matrix.tolist(), macro_f1=float(np.mean(f1)), undecodable=undecodable,
-        unknown_labels=unknown,
+        unknown_labels=unknown, selection=selection,
         mistakes=sorted((r for r in scored if r["truth"] != r["predicted"]),
                         key=lambda r: -r["confidence"])[:16])
     store(backend, evaluation, bundle.name, bundle.version, where)
     if report_dir is not None:
         evaluation.report = write_report(backend, table, evaluation, Path(report_dir))
     return evaluation
+
+
+def held_out_rows(backend: Backend, table: ImageTable, where: str | None
+                  ) -> tuple[str | None, str]:
+    """The rows to evaluate and how to say which: ``where`` if given, else the test split, else
+    the validation split (so training rows never count by default), else every row."""
+    if where:
+        return where, f"where {where}"
+    if table.split is not None:
+        column = backend.quote_column(table.split)
+        for split in ("test", "validation"):
+            condition = f"{column} = '{split}'"  # a constant: no quoting needed on any engine
+            if backend.scalar(f"SELECT count(*) FROM {backend.quote(table.name)} WHERE {condition}"):
+                return condition, f"the {split} split; --where chooses other rows"
+    return None, "all rows: the table has no test or validation split"
 
 
 def store(backend: Backend, ev: Evaluation, name: str, version: int | None, where: str | None) -> None:

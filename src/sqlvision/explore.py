@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from sqlvision.db.base import Backend
 from sqlvision.deps import require
-from sqlvision.errors import ImageError, SqlvisionError
+from sqlvision.errors import ImageError, SqlvisionError, command
 from sqlvision.imaging import decode
 from sqlvision.tables import ImageTable, image_bytes
 
@@ -92,16 +92,27 @@ def fetch_image(backend: Backend, table: ImageTable, image_id: Any) -> tuple[byt
     q = backend.quote_column
     uri = q(table.uri) if table.uri else "NULL"
     label = q(table.label) if table.label else "NULL"
-    rows = backend.query(
-        f"SELECT {q(table.image)}, {uri}, {label} FROM {backend.quote(table.name)} "
-        f"WHERE {q(table.id)} = ?",
-        [image_id],
-    )
+    try:
+        rows = backend.query(
+            f"SELECT {q(table.image)}, {uri}, {label} FROM {backend.quote(table.name)} "
+            f"WHERE {q(table.id)} = ?",
+            [image_id],
+        )
+    except SqlvisionError:
+        raise
+    except Exception as exc:  # an id the column's type cannot hold ('abc' for an integer id)
+        raise SqlvisionError(f"bad id {image_id!r} for column {table.id} of {table.name}",
+                             f"list ids with: {_ids_command(backend, table)}") from exc
     if not rows.num_rows:
         raise SqlvisionError(f"no row with {table.id} = {image_id!r} in {table.name}",
-                             f"list ids with: sqlvision sql \"SELECT {table.id} FROM {table.name}\"")
+                             f"list ids with: {_ids_command(backend, table)}")
     data, location, lab = (rows.column(i)[0].as_py() for i in range(3))
     return image_bytes(data, location), lab
+
+
+def _ids_command(backend: Backend, table: ImageTable) -> str:
+    return command("sql", f"SELECT {backend.quote_column(table.id)} FROM "
+                          f"{backend.quote(table.name)} LIMIT 20", "--db", backend.url.redacted)
 
 
 def write_image(data: bytes, out: str | os.PathLike[str] | None, stem: str) -> Path:
@@ -130,7 +141,8 @@ def contact_sheet(backend: Backend, table: ImageTable, out: str | os.PathLike[st
     label = q(table.label) if table.label else "NULL"
     uri = q(table.uri) if table.uri else "NULL"
     rows = backend.query(
-        f"SELECT lab, img, loc FROM (SELECT {label} AS lab, {q(table.image)} AS img, {uri} AS loc, "
+        f"SELECT lab, img, loc, rid FROM (SELECT {label} AS lab, {q(table.image)} AS img, "
+        f"{uri} AS loc, {q(table.id)} AS rid, "
         f"ROW_NUMBER() OVER (PARTITION BY {label} ORDER BY {q(table.id)}) AS rn "
         f"FROM {backend.quote(table.name)}{_where(where)}) AS ranked WHERE rn <= ? "
         "ORDER BY lab, rn",
@@ -141,17 +153,19 @@ def contact_sheet(backend: Backend, table: ImageTable, out: str | os.PathLike[st
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["lab"], []).append(r)
-    margin, text_w = 4, 120
+    margin, text_w, caption = 4, 120, 12
+    cell = thumb + caption + margin
     sheet = Image.new("RGB", (text_w + per_label * (thumb + margin) + margin,
-                              len(groups) * (thumb + margin) + margin), "white")
+                              len(groups) * cell + margin), "white")
     draw = ImageDraw.Draw(sheet)
     for gi, (lab, items) in enumerate(groups.items()):
-        y = margin + gi * (thumb + margin)
+        y = margin + gi * cell
         draw.text((margin, y + thumb // 2 - 6), str(table.label_of(lab))[:18] if lab is not None
                   else "(no label)",
                   fill="black")
         for ii, r in enumerate(items):
             x = text_w + margin + ii * (thumb + margin)
+            draw.text((x, y + thumb + 1), f"id {r['rid']}"[:16], fill="dimgray")  # for show --id
             try:
                 img = decode(image_bytes(r["img"], r["loc"]), mode="RGB")
             except SqlvisionError:

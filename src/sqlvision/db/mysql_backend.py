@@ -52,6 +52,11 @@ def _field(value: Any) -> bytes:
             .replace(b"\0", b"\\0"))
 
 
+def _percent_safe(sql: str) -> str:
+    """SQL text (quoted names) for a PyMySQL call with parameters, which %-formats it."""
+    return sql.replace("%", "%%")
+
+
 class MySQLBackend(ServerBackend, InformationSchemaBackend):
     """A MariaDB (or MySQL) database."""
 
@@ -59,6 +64,7 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
     current_schema_sql = "table_schema = DATABASE()"
     quote_char = "`"
     connection_errors = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+    integrity_errors = (pymysql.err.IntegrityError,)
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "BIGINT",
         "int": "INT",
@@ -94,6 +100,9 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
         if isinstance(exc, pymysql.err.InterfaceError):
             return True
         return bool(exc.args) and exc.args[0] in _DISCONNECT_CODES
+
+    def is_duplicate_key(self, exc: BaseException) -> bool:
+        return bool(exc.args) and exc.args[0] == 1062
 
     def _server_side(self, reader: Any, sql: str, args: Sequence[Any] | None,
                      batch_rows: int) -> Iterator[tuple[Any, list[Any]]]:
@@ -157,7 +166,7 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
 
     def _load_data(self, table: str, data: pa.Table) -> None:
         """``LOAD DATA LOCAL INFILE`` from a temporary tab-separated file of escaped bytes."""
-        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        cols = _percent_safe(", ".join(self.quote_column(c) for c in data.column_names))
         fd, path = tempfile.mkstemp(prefix="sqlvision-", suffix=".tsv")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -165,7 +174,8 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
                     f.write(b"\t".join(_field(v) for v in row) + b"\n")
             with self.guard(), self.con.cursor() as cur:
                 loaded = cur.execute(
-                    f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.quote(table)} CHARACTER SET binary "
+                    f"LOAD DATA LOCAL INFILE %s INTO TABLE {_percent_safe(self.quote(table))} "
+                    "CHARACTER SET binary "
                     "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
                     f"({cols})", [path])
                 if loaded != data.num_rows:
@@ -189,11 +199,12 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
                 f"max_allowed_packet ({self.max_packet() / 2**20:.0f} MB)",
                 "raise it (SET GLOBAL max_allowed_packet = 1073741824, as an admin), or "
                 "ingest with --reference to keep the bytes out of the database")
-        cols = ", ".join(self.quote_column(c) for c in data.column_names)
+        cols = _percent_safe(", ".join(self.quote_column(c) for c in data.column_names))
         marks = ", ".join(["%s"] * data.num_columns)
         with self.guard(), self.con.cursor() as cur:
             cur.max_stmt_length = min(int(self.max_packet() * 0.9), _STATEMENT_BYTES)
-            cur.executemany(f"INSERT INTO {self.quote(table)} ({cols}) VALUES ({marks})", rows)
+            cur.executemany(f"INSERT INTO {_percent_safe(self.quote(table))} ({cols}) "
+                            f"VALUES ({marks})", rows)
 
     def max_packet(self) -> int:
         """The server's ``max_allowed_packet`` in bytes."""

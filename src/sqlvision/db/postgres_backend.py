@@ -40,6 +40,7 @@ class PostgresBackend(ServerBackend):
 
     dialect = "postgresql"
     connection_errors = (psycopg.OperationalError, psycopg.InterfaceError)
+    integrity_errors = (psycopg.IntegrityError,)
     max_identifier_bytes = 63  # NAMEDATALEN - 1: longer names are cut without an error
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "BIGINT",
@@ -82,6 +83,9 @@ class PostgresBackend(ServerBackend):
             return True
         state = getattr(exc, "sqlstate", None)
         return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+    def is_duplicate_key(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == "23505"
 
     def _server_side(self, reader: Any, sql: str, args: Sequence[Any] | None,
                      batch_rows: int) -> Iterator[tuple[Any, list[Any]]]:

@@ -24,6 +24,8 @@ from sqlvision.errors import SqlvisionError
 CONNECT_HINT = ("check that the server is running and that the host, port, user, password and "
                 "database in the URL are right")
 _temp_ids = itertools.count()
+CONCURRENT_HINT = ("another sqlvision run is probably writing the same table: let it finish, then "
+                   "rerun this command; it completes what is left, without duplicates")
 LOST_HINT = ("rerun the same command once the server is back: work already committed is kept "
              "and is not repeated")
 
@@ -33,6 +35,8 @@ class ServerBackend(Backend):
 
     #: driver exceptions that mean the connection failed or went away
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: driver exceptions for constraint violations (a duplicate key among them)
+    integrity_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, url: DatabaseURL) -> None:
         super().__init__(url)
@@ -57,7 +61,8 @@ class ServerBackend(Backend):
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
-        """Turn a lost connection into a message that says how to resume."""
+        """Turn a lost connection into a message that says how to resume, and a duplicate key
+        (another run writing the same rows) into one that says what to do."""
         try:
             yield
         except self.connection_errors as exc:
@@ -65,10 +70,19 @@ class ServerBackend(Backend):
                 raise
             raise SqlvisionError(f"lost the connection to {self.url.redacted}: {self.clean(exc)}",
                                  LOST_HINT) from exc
+        except self.integrity_errors as exc:
+            if not self.is_duplicate_key(exc):
+                raise
+            raise SqlvisionError(f"rows written at the same time by another run "
+                                 f"({self.clean(exc)})", CONCURRENT_HINT) from exc
 
     @abstractmethod
     def is_disconnect(self, exc: BaseException) -> bool:
         """Whether ``exc`` means the connection is gone (rather than a bad statement)."""
+
+    @abstractmethod
+    def is_duplicate_key(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a unique or primary key violation."""
 
     # -- statements ----------------------------------------------------------------------------------
     @staticmethod

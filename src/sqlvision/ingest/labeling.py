@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Any
 
 from sqlvision.errors import SqlvisionError
 from sqlvision.storage import is_url
@@ -173,6 +175,9 @@ class LabelRule:
         return True, None
 
 
+RANDOM_PENDING = "\0random"  # a random split not yet assigned (see SplitRule.assign)
+
+
 @dataclass
 class SplitRule:
     """How each image gets its split: ``folder`` names, ``random`` (seeded), or ``none``."""
@@ -193,11 +198,13 @@ class SplitRule:
                 parts = [float(x) for x in arg.split(",")]
             except ValueError:
                 parts = []
-            if len(parts) not in (2, 3) or any(p < 0 for p in parts) or sum(parts) <= 0:
-                raise SqlvisionError(f"bad split {spec!r}",
+            total = sum(parts)
+            if len(parts) not in (2, 3) or any(p < 0 for p in parts) or not (
+                    abs(total - 1) < 1e-6 or abs(total - 100) < 1e-4):
+                raise SqlvisionError(f"bad split {spec!r}: give two or three fractions that add "
+                                     "up to 1 (or percentages that add up to 100)",
                                      "use random:TRAIN,VAL,TEST such as random:0.8,0.1,0.1")
             parts += [0.0] * (3 - len(parts))
-            total = sum(parts)
             return cls("random", (parts[0] / total, parts[1] / total, parts[2] / total), seed)
         raise SqlvisionError(f"unknown --split value {spec!r}",
                              "use folder, none or random:TRAIN,VAL,TEST")
@@ -210,10 +217,40 @@ class SplitRule:
                     return split
             return None
         if self.kind == "random":
-            # A hash of the seed and the relative path: stable across reruns and machines, and
-            # files added later keep the split they would have had all along.
-            digest = hashlib.blake2b(f"{self.seed}:{rel}".encode(), digest_size=8).digest()
-            u = int.from_bytes(digest, "big") / 2**64
-            train, val, _ = self.fractions
-            return "train" if u < train else "validation" if u < train + val else "test"
+            return RANDOM_PENDING  # settled by assign(), once every image and label is known
         return None
+
+    def rank(self, rel: str) -> float:
+        """A hash of the seed and the relative path in [0, 1): stable across reruns and
+        machines."""
+        digest = hashlib.blake2b(f"{self.seed}:{rel}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64
+
+    def assign(self, items: Sequence[Any]) -> None:
+        """Stratified random split of the items (with ``rel``, ``label``, ``split``) whose split
+        is pending: within each label, images ordered by their seeded hash take the splits in
+        proportion, so every class gets its share (at least one validation and one test image
+        once it has enough images for each nonzero fraction)."""
+        pending: dict[Any, list[Any]] = {}
+        for item in items:
+            if item.split == RANDOM_PENDING:
+                pending.setdefault(item.label, []).append(item)
+        for group in pending.values():
+            group.sort(key=lambda item: (self.rank(item.rel), item.rel))
+            n_train, n_val, _ = _split_counts(len(group), self.fractions)
+            for i, item in enumerate(group):
+                item.split = ("train" if i < n_train else "validation" if i < n_train + n_val
+                              else "test")
+
+
+def _split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Images per split for a class of ``n``: rounded shares, each nonzero share at least one
+    image while the class has images to spare (train keeps the remainder)."""
+    train, val, test = fractions
+    n_val, n_test = round(n * val), round(n * test)
+    nonzero = sum(1 for f in fractions if f > 0)
+    if n >= nonzero:
+        n_val, n_test = (max(n_val, 1) if val > 0 else 0), (max(n_test, 1) if test > 0 else 0)
+    if train > 0:
+        n_val, n_test = min(n_val, max(0, n - 1)), min(n_test, max(0, n - 1 - n_val))
+    return n - n_val - n_test, n_val, n_test

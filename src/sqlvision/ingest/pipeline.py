@@ -53,6 +53,8 @@ class IngestReport:
     restored: int = 0
     ignored: int = 0
     unlabeled: int = 0
+    split_kept: int = 0
+    resplit: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -80,6 +82,11 @@ class IngestReport:
             text += f"; {self.unlabeled} without a label (stored with label NULL)"
         if self.ignored:
             text += f"; {self.ignored} non-image file{'s' if self.ignored != 1 else ''} ignored"
+        if self.resplit:
+            text += f"; {self.resplit} stored rows moved to the split --split gives them"
+        if self.split_kept:
+            text += (f"; {self.split_kept} stored rows keep their split although --split gives "
+                     "another (it applies to new files; add --resplit to change stored rows)")
         return text + f" [{self.seconds:.1f}s]"
 
 
@@ -93,6 +100,7 @@ class _Stored:
     mtime_us: int | None
     sha256: str | None
     missing: bool
+    split: str | None
 
 
 @dataclass(slots=True)
@@ -174,11 +182,11 @@ class _Ingest:
         q = self.backend.quote(self.table)
         max_id = self.backend.scalar(f"SELECT max(id) FROM {q}")
         self.next_id = int(max_id or 0) + 1
-        sql = f"SELECT uri, size_bytes, last_modified, sha256, missing FROM {q}"
+        sql = f"SELECT uri, size_bytes, last_modified, sha256, missing, split FROM {q}"
         for batch in self.backend.stream(sql, batch_rows=65536):
-            cols = [batch.column(i).to_pylist() for i in range(5)]
-            for uri, size, mtime, sha, missing in zip(*cols, strict=True):
-                self.stored[uri] = _Stored(size, _to_us(mtime), sha, bool(missing))
+            cols = [batch.column(i).to_pylist() for i in range(6)]
+            for uri, size, mtime, sha, missing, split in zip(*cols, strict=True):
+                self.stored[uri] = _Stored(size, _to_us(mtime), sha, bool(missing), split)
                 if sha:
                     self.sha_owner.setdefault(sha, uri)
         errors = self.backend.query(
@@ -382,10 +390,23 @@ class _Ingest:
         self.report.missing += len(gone)
         self.report.restored += len(restored)
 
+    def settle_splits(self, unchanged: list[Candidate], resplit: bool) -> None:
+        """Stored rows whose split differs from what this run's rule gives: moved with
+        ``resplit``, else counted, so the summary can say they were kept."""
+        moved = [c for c in unchanged if c.split != self.stored[c.uri].split]
+        if not resplit:
+            self.report.split_kept = len(moved)
+            return
+        if moved:
+            data = pa.table({"uri": [c.uri for c in moved], "split": [c.split for c in moved]})
+            with self.backend.transaction():
+                self.backend.update(self.table, "uri", data)
+        self.report.resplit = len(moved)
+
 
 def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str | None = None,
            split: str | None = None, seed: int = 0, reference: bool = False,
-           refresh: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+           refresh: bool = False, resplit: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
            max_bytes: int = DEFAULT_MAX_BYTES, check: str = "header",
            batch_rows: int = 2048, batch_bytes: int = 128 << 20, workers: int | None = None,
            progress: bool | None = None) -> IngestReport:
@@ -409,7 +430,7 @@ def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str 
                              "referenced by uri", "ingest them without --reference")
     run.prepare_table()
     run.load_state()
-    todo, updates = [], set()
+    todo, updates, unchanged = [], set(), []
     for c in scan.candidates:
         stored = run.stored.get(c.uri)
         if stored is None and (reason := backend.key_too_long(URI_COLUMN, c.uri)):
@@ -422,11 +443,13 @@ def ingest(backend: Backend, table: str, sources: Iterable[str], *, labels: str 
             if stored.sha256 and run.sha_owner.get(stored.sha256) == c.uri:
                 del run.sha_owner[stored.sha256]
         else:
-            run.report.unchanged += 1
+            unchanged.append(c)
+    run.report.unchanged = len(unchanged)
     run.report.ignored = scan.ignored
     run.run(todo, updates)
     if scan.errors:
         run.write([], scan.errors, set(), commit=True)
     run.mark_presence((c.uri for c in scan.candidates), scan.roots)
+    run.settle_splits(unchanged, resplit)
     run.report.seconds = time.perf_counter() - started
     return run.report

@@ -117,6 +117,7 @@ def scan_sources(sources: list[str], labels: LabelRule, split: SplitRule) -> Sca
             seen.add(c.uri)
             unique.append(c)
     scan.candidates = unique
+    split.assign(unique)
     return scan
 
 

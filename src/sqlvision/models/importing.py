@@ -29,6 +29,7 @@ def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
                           "original": f"{bundle.name}:{bundle.version}"}
         bundle.name = name
         return registry.save(backend, bundle)
+    onnx_bytes = self_contained_onnx(source)
     if labels is None:
         raise SqlvisionError(f"{source} is a plain ONNX file: its class names are unknown",
                              "pass --labels FILE with one class name per line, in output order")
@@ -37,9 +38,40 @@ def import_model(backend: Backend, name: str, path: str | os.PathLike[str], *,
     spec = PreprocessSpec.for_images(image_size[0], image_size[1], mode, resize=resize,
                                      mean=mean, std=std, resampler=resampler)
     bundle = ModelBundle(name=name, architecture="onnx", classes=classes, spec=spec,
-                         onnx=source.read_bytes(), lineage={"imported_from": str(source)})
+                         onnx=onnx_bytes, lineage={"imported_from": str(source)})
     _check_onnx(bundle)
     return registry.save(backend, bundle)
+
+
+def self_contained_onnx(source: Path) -> bytes:
+    """The ONNX model at ``source`` as one self-contained serialization: weights kept in
+    external data files (``model.onnx.data``, as ``torch.onnx.export`` writes for most real
+    networks) are read relative to the model file, wherever the command runs, and stored
+    inline, so the registered model never points back at the disk."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    not_onnx = SqlvisionError(f"{source} is not a model: neither a sqlvision bundle (.zip) nor "
+                              "an ONNX file", "give a .onnx file or a bundle from 'models export'")
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise not_onnx from exc
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.input:
+        raise not_onnx
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return source.read_bytes()
+    try:
+        onnx.load_external_data_for_model(model, str(source.resolve().parent))
+    except (OSError, ValueError) as exc:
+        raise SqlvisionError(f"cannot read the external data of {source}: {exc}",
+                             "keep the .onnx file beside its data file(s), as exported") from exc
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise SqlvisionError(f"{source} is too large to store as one ONNX model ({exc})",
+                             "export a smaller model, or quantize it first") from exc
 
 
 def _check_onnx(bundle: ModelBundle) -> None:

@@ -6,6 +6,8 @@ returning JSON, plus a rewrite of ``predict(...).label`` and ``unnest(...)`` int
 Models are loaded once per connection and reloaded only when a newer version is registered.
 
 The image argument is the image bytes, or a path or URI (reference-mode rows: pass ``uri``).
+A row whose image does not decode costs only itself: ``predict`` gives it a NULL label and
+confidence and the reason in ``error``; ``predict_topk`` and ``embed`` give NULL.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlvision.predict.batch import top_k_entries
 from sqlvision.predict.stream import score_rows
 
 FUNCTION_CALL = re.compile(r"\b(predict|predict_topk|embed)\s*\(\s*'((?:[^']|'')*)'", re.IGNORECASE)
-_PREDICT_TYPE = "STRUCT(label VARCHAR, confidence DOUBLE)"
+_PREDICT_TYPE = "STRUCT(label VARCHAR, confidence DOUBLE, error VARCHAR)"
 _TOPK_TYPE = "STRUCT(label VARCHAR, probability DOUBLE)[]"
 
 
@@ -84,13 +86,17 @@ class ModelCache:
         return classifier
 
 
-def _score(classifier: OnnxClassifier, images: list[Any], features: bool) -> tuple[np.ndarray, list[int]]:
-    """Outputs for the images that decode, and their row positions (the others stay NULL)."""
+def _score(classifier: OnnxClassifier, images: list[Any], features: bool
+           ) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """Outputs for the images that decode, their row positions, and why the others failed."""
     rows = ((i, *image_source(value)) for i, value in enumerate(images) if value is not None)
     groups = list(score_rows(classifier, rows, features=features, group_rows=len(images) + 1))
-    if not groups or not groups[0].keys:
-        return np.zeros((0, 0)), []
-    return groups[0].outputs, groups[0].keys
+    if not groups:
+        return np.zeros((0, 0)), [], {}
+    failed = dict(groups[0].failed)
+    if not groups[0].keys:
+        return np.zeros((0, 0)), [], failed
+    return groups[0].outputs, groups[0].keys, failed
 
 
 def _by_model(models: list[Any]) -> dict[str, list[int]]:
@@ -102,14 +108,18 @@ def _by_model(models: list[Any]) -> dict[str, list[int]]:
 
 
 def predict_values(cache: ModelCache, models: list[Any], images: list[Any]) -> list[Any]:
-    """``{label, confidence}`` per row (``None`` for NULL or undecodable images)."""
+    """``{label, confidence, error}`` per row (``None`` for NULL images; label and confidence
+    ``None`` and the reason in ``error`` for images that do not decode)."""
     out: list[Any] = [None] * len(images)
     for ref, rows in _by_model(models).items():
         classifier = cache.get(ref)
-        probs, good = _score(classifier, [images[i] for i in rows], features=False)
+        probs, good, failed = _score(classifier, [images[i] for i in rows], features=False)
         for j, p in zip(good, probs, strict=True):
             best = int(p.argmax())
-            out[rows[j]] = {"label": classifier.classes[best], "confidence": float(p[best])}
+            out[rows[j]] = {"label": classifier.classes[best], "confidence": float(p[best]),
+                            "error": None}
+        for j, reason in failed.items():
+            out[rows[j]] = {"label": None, "confidence": None, "error": reason}
     return out
 
 
@@ -119,7 +129,7 @@ def topk_values(cache: ModelCache, models: list[Any], images: list[Any], ks: lis
     out: list[Any] = [None] * len(images)
     for ref, rows in _by_model(models).items():
         classifier = cache.get(ref)
-        probs, good = _score(classifier, [images[i] for i in rows], features=False)
+        probs, good, _ = _score(classifier, [images[i] for i in rows], features=False)
         for j, p in zip(good, probs, strict=True):
             r = rows[j]
             k = int(ks[r] if ks[r] is not None else 5)
@@ -131,7 +141,7 @@ def embed_values(cache: ModelCache, models: list[Any], images: list[Any]) -> lis
     """The penultimate-layer vector per row."""
     out: list[Any] = [None] * len(images)
     for ref, rows in _by_model(models).items():
-        vectors, good = _score(cache.get(ref), [images[i] for i in rows], features=True)
+        vectors, good, _ = _score(cache.get(ref), [images[i] for i in rows], features=True)
         for j, v in zip(good, vectors, strict=True):
             out[rows[j]] = v.tolist()
     return out
@@ -141,7 +151,8 @@ def register_duckdb(con: Any, cache: ModelCache) -> None:
     """Vectorized Arrow UDFs plus macros with the public names and defaults."""
     import pyarrow as pa
 
-    predict_type = pa.struct([("label", pa.string()), ("confidence", pa.float64())])
+    predict_type = pa.struct([("label", pa.string()), ("confidence", pa.float64()),
+                              ("error", pa.string())])
     topk_type = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))
 
     def sv_predict(models: Any, images: Any) -> Any:
@@ -163,7 +174,9 @@ def register_duckdb(con: Any, cache: ModelCache) -> None:
     ):
         with contextlib.suppress(Exception):  # not registered yet on this connection
             con.remove_function(name)
-        con.create_function(name, func, params, result, type="arrow", side_effects=False)
+        # special: a NULL out for a row whose image is not NULL (it did not decode) is allowed
+        con.create_function(name, func, params, result, type="arrow", side_effects=False,
+                            null_handling="special")
     con.execute("CREATE OR REPLACE TEMP MACRO predict(model, image) AS sv_predict(model, image::BLOB)")
     con.execute("CREATE OR REPLACE TEMP MACRO predict_topk(model, image, k) AS "
                 "sv_predict_topk(model, image::BLOB, k, 0.0), (model, image, k, min_prob) AS "

@@ -140,6 +140,9 @@ class _Run:
                                    else ("cpu" if cfg.device == "auto" else cfg.device))
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
+        # --seed fixes the initialization and dropout too (data order and augmentation are
+        # seeded per image): the same command on the same machine trains the same model.
+        torch.manual_seed(cfg.seed)
         self.model, source = build_network(plan.arch, len(plan.classes), plan.spec.channels,
                                            dropout=cfg.dropout,
                                            pretrained_weights=bool(cfg.pretrained) and not plan.parent,
