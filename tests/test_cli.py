@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import sqlvision as sv
 from sqlvision.cli import build_parser, main
 
 VERBS = ["ingest", "sql", "stats", "show", "train", "predict", "evaluate", "embed", "similar",
@@ -107,6 +108,7 @@ def test_ingest_sql_formats(tmp_path: Path, make_images: Callable[..., Path],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, argv: list[str], message: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    sv.connect(tmp_path / "e.duckdb").close()  # read verbs refuse a database file that is not there
     code, _out, err = run(capsys, *argv, "--db", f"duckdb:///{tmp_path / 'e.duckdb'}")
     assert code == 1
     assert err.startswith("sqlvision: error: ") and message in err
@@ -142,6 +144,7 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """``sqlvision sql ... | head -1`` with more output than a pipe holds: no BrokenPipeError
     traceback, exit 0."""
     query = "SELECT range AS n FROM range(300000)"
+    sv.connect(tmp_path / "p.duckdb").close()
     shell = (f"{sys.executable} -m sqlvision.cli --db {tmp_path / 'p.duckdb'} sql '{query}' "
              "--format csv | head -1; echo \"exit ${PIPESTATUS[0]}\"")
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)

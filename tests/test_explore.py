@@ -47,7 +47,7 @@ def test_contact_sheet(db: sv.Database, make_images: Callable[..., Path], tmp_pa
     db.ingest("photos", make_images({"cat": 5, "dog": 2, "eel": 1}))
     out = db.contact_sheet("photos", tmp_path / "sheet.png", per_label=4, thumb=50)
     with Image.open(out) as img:
-        assert img.size == (120 + 4 * 54 + 4, 3 * 54 + 4)
+        assert img.size == (120 + 4 * 54 + 4, 3 * (50 + 12 + 4) + 4)  # 12: the id under each
 
 
 def test_users_own_table_with_named_columns(db: sv.Database, tmp_path: Path) -> None:

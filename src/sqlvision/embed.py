@@ -136,11 +136,11 @@ def similar(backend: Backend, model: str, table: ImageTable, image: str | bytes,
 
     Rows not embedded yet are embedded first (incrementally).
     """
+    data = image if isinstance(image, bytes) else read_bytes(image, "check the path of the query "
+                                                                    "image (--image)")
     name, version = registry.parse_ref(model)
     embed_table(backend, model, table, version=version, progress=progress)
     bundle = registry.load(backend, name, version)
-    data = image if isinstance(image, bytes) else read_bytes(image, "check the path of the query "
-                                                                    "image (--image)")
     _, pixels, reason = decode_one(bundle.spec, "query", data, None)
     if pixels is None:
         raise SqlvisionError(f"the query image cannot be used: {reason}", "give a valid image")

@@ -136,9 +136,19 @@ class Backend(ABC):
         return quote_identifier(name, self.quote_char, self.max_identifier_bytes)
 
     def check_name(self, name: str) -> str:
-        """Refuse ``name`` before anything is created if this engine could not hold it."""
+        """Refuse ``name`` before anything is created if this engine could not hold it, or if
+        it names a schema that does not exist (``a.b`` is table ``b`` of schema ``a``)."""
         self.quote(name)
+        parts = split_name(name)
+        if len(parts) > 1 and not self.schema_exists(parts[:-1]):
+            raise SqlvisionError(
+                f"{name!r} is table {parts[-1]!r} of schema {'.'.join(parts[:-1])!r}, which does "
+                "not exist", "create the schema first, or use a name without dots")
         return name
+
+    def schema_exists(self, parts: Sequence[str]) -> bool:
+        """Whether the schema named by ``parts`` (``[schema]`` or ``[catalog, schema]``) exists."""
+        return True
 
     def index_name(self, table: str, columns: Sequence[str]) -> str:
         """The name of sqlvision's index on ``table`` over ``columns``."""

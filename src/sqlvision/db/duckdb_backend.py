@@ -138,6 +138,12 @@ class DuckDBBackend(InformationSchemaBackend):
     def _rollback(self) -> None:
         self.con.rollback()
 
+    def schema_exists(self, parts: Sequence[str]) -> bool:
+        catalog = parts[0] if len(parts) == 2 else None
+        return bool(self.scalar(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = ? AND "
+            "catalog_name = coalesce(?, current_database())", [parts[-1], catalog]))
+
     def _where_name(self, name: str) -> tuple[str, list[Any]]:
         parts = split_name(name)
         table = parts[-1]

@@ -20,6 +20,7 @@ from sqlvision.db.base import Column
 from sqlvision.db.identifiers import quote_identifier, split_name
 from sqlvision.db.server import ServerBackend
 from sqlvision.db.url import DatabaseURL
+from sqlvision.errors import SqlvisionError
 
 _names = itertools.count()
 _JSON_OIDS = {114, 3802}  # json, jsonb
@@ -70,7 +71,12 @@ class PostgresBackend(ServerBackend):
                                           "password": u.password, "dbname": u.database}.items()
                        if v is not None})
         params.update(self._libpq_options)
-        con = psycopg.connect(autocommit=True, **params)
+        try:
+            con = psycopg.connect(autocommit=True, **params)
+        except psycopg.ProgrammingError as exc:  # libpq refused an option of the URL
+            raise SqlvisionError(f"bad connection option in {u.redacted}: {self.clean(exc)}",
+                                 "use libpq's option names (sslmode, connect_timeout, ...) "
+                                 "and ?schema=NAME") from exc
         set_json_loads(_json_text, con)
         if self.schema:
             schema = quote_identifier(self.schema)
@@ -115,6 +121,11 @@ class PostgresBackend(ServerBackend):
             return None
         return (f"{column.name} is {len(value.encode()):,} bytes long; PostgreSQL indexes at "
                 f"most {_BTREE_MAX_BYTES:,}")
+
+    def schema_exists(self, parts: Sequence[str]) -> bool:
+        if len(parts) == 2 and parts[0] != self.scalar("SELECT current_database()"):
+            return False
+        return bool(self.scalar("SELECT count(*) FROM pg_namespace WHERE nspname = ?", [parts[-1]]))
 
     def temporary_name(self, name: str) -> str:
         return f"pg_temp.{name}"

@@ -91,7 +91,14 @@ class SQLiteBackend(Backend):
         schema = self.quote_column(parts[0]) + "." if len(parts) == 2 else ""
         return f"{schema}sqlite_master", parts[-1]
 
+    def schema_exists(self, parts: Sequence[str]) -> bool:
+        return len(parts) == 1 and bool(self.scalar(
+            "SELECT count(*) FROM pragma_database_list WHERE name = ?", [parts[0]]))
+
     def table_exists(self, name: str) -> bool:
+        parts = split_name(name)
+        if len(parts) == 2 and not self.schema_exists(parts[:1]):
+            return False
         master, table = self._master(name)
         return bool(self.scalar(
             f"SELECT count(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?", [table]
