@@ -259,23 +259,60 @@ db.predict("fm", "fashion", workers=1, progress=False)
 """
 
 
-def test_killed_predict_completes_on_rerun(tmp_path: Path) -> None:
-    url = f"duckdb:///{tmp_path / 'kill.duckdb'}"
-    with sv.connect(url) as db:
+# embed's writes, slowed the same way
+_EMBED_SCRIPT = """
+import sys, time, sqlvision as sv
+from sqlvision.db.duckdb_backend import DuckDBBackend
+insert = DuckDBBackend.insert
+def slow_insert(self, table, data):
+    insert(self, table, data)
+    if table == "sv_embeddings":
+        print("wrote", flush=True)
+        time.sleep(0.2)
+DuckDBBackend.insert = slow_insert
+db = sv.connect(sys.argv[1])
+db.embed("fm", "fashion", workers=1, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def kill_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB file with the Fashion-MNIST sample and model ``fm``, copied per kill trial."""
+    folder = tmp_path_factory.mktemp("kill")
+    with sv.connect(folder / "kill.duckdb") as db:
         db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
-        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=folder / "ck",
                  progress=False, log=lambda _: None, **FAST)
-    proc = subprocess.Popen([sys.executable, "-c", _PREDICT_SCRIPT, url], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "wrote"
+    return folder / "kill.duckdb"
+
+
+def kill_after(script: str, url: str, writes: int) -> None:
+    """Run ``script`` and kill -9 it right after its ``writes``-th committed write."""
+    proc = subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for _ in range(writes):
+        assert proc.stdout.readline().strip() == "wrote"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+
+
+@pytest.mark.parametrize("writes", [1, 3])
+@pytest.mark.parametrize("verb", ["predict", "embed"])
+def test_killed_predict_and_embed_complete_on_rerun(kill_db: Path, tmp_path: Path, verb: str,
+                                                    writes: int) -> None:
+    import shutil
+
+    shutil.copy(kill_db, tmp_path / "kill.duckdb")
+    url = f"duckdb:///{tmp_path / 'kill.duckdb'}"
+    kill_after(_PREDICT_SCRIPT if verb == "predict" else _EMBED_SCRIPT, url, writes)
+    table = "sv_predictions" if verb == "predict" else "sv_embeddings"
     with sv.connect(url) as db:
-        exists = "sv_predictions" in db.tables()
-        before = db.sql("SELECT count(*) FROM sv_predictions").scalar() if exists else 0
+        before = db.sql(f"SELECT count(*) FROM {table}").scalar() if table in db.tables() else 0
         assert 0 < before < 4000
-        report = db.predict("fm", "fashion", progress=False)
-        assert report.predicted == 4000 - before
-        counts = db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall()
+        if verb == "predict":
+            assert db.predict("fm", "fashion", progress=False).predicted == 4000 - before
+        else:
+            assert db.embed("fm", "fashion", progress=False).embedded == 4000 - before
+        counts = db.sql(f"SELECT count(*), count(DISTINCT image_id) FROM {table}").fetchall()
         assert counts == [(4000, 4000)]

@@ -161,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("tables", parents=[common], help="list the tables in the database")
     p.set_defaults(func=_tables)
 
+    p = verbs.add_parser("sample", parents=[common],
+                         help="write the bundled sample images to a folder, to try every verb",
+                         description="Write the bundled real sample data into DIR: clothing/ "
+                                     "(280 JPEG photos in train/validation class folders, and "
+                                     "labels.csv listing them) and fashion-mnist/ (IDX files).")
+    p.add_argument("dir", metavar="DIR", help="folder to write into (created if needed)")
+    p.set_defaults(func=_sample)
+
     p = verbs.add_parser("demo", parents=[common],
                          help="run the whole flow on the bundled sample images",
                          description="Ingest the bundled real sample images into an embedded "
@@ -768,6 +776,14 @@ def _typed_id(value: str) -> Any:
         return int(value)
     except ValueError:
         return value
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from sqlvision.sample import write_sample
+
+    for folder in write_sample(args.dir):
+        print(f"wrote {folder}")
+    return 0
 
 
 def _tables(args: argparse.Namespace) -> int:

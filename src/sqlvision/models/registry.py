@@ -120,6 +120,25 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value or {}
 
 
+def load_trainable(backend: Backend, ref: str) -> tuple[ModelBundle, bytes]:
+    """The model ``ref`` and its PyTorch weights, to start training from (``--from``): a bare
+    name means its newest version that has them (a quantized version is ONNX only)."""
+    name, version = parse_ref(ref)
+    bundle = load(backend, name, version)
+    if bundle.weights is not None:
+        return bundle, bundle.weights
+    if version is None:
+        rows = backend.query(f"SELECT version FROM {backend.quote(MODELS)} WHERE name = ? "
+                             "ORDER BY version DESC", [name]).column(0).to_pylist()
+        for older in rows[1:]:
+            candidate = load(backend, name, int(older))
+            if candidate.weights is not None:
+                return candidate, candidate.weights
+    raise SqlvisionError(f"model {bundle.ref} has no PyTorch weights (imported from ONNX, or "
+                         "quantized)", "start from a model sqlvision trained (NAME:VERSION), or a "
+                         "checkpoint file")
+
+
 def load(backend: Backend, name: str, version: int | None = None, *,
          weights: bool = True) -> ModelBundle:
     """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists.

@@ -114,11 +114,7 @@ def fit_logistic_head(backend: Backend, name: str, base: str, table: ImageTable,
 
     started = time.perf_counter()
 
-    base_name, base_version = registry.parse_ref(base)
-    parent = registry.load(backend, base_name, base_version)
-    if parent.weights is None:
-        raise SqlvisionError(f"model {parent.ref} has no PyTorch weights",
-                             "use a model sqlvision trained as --from")
+    parent, parent_weights = registry.load_trainable(backend, base)
     embed_table(backend, parent.ref, table, where=where, progress=progress)
     selection = select_rows(backend, table, where)
     label_of = {k: lab for k, lab, s in zip(selection.ids, selection.labels, selection.splits,
@@ -136,7 +132,7 @@ def fit_logistic_head(backend: Backend, name: str, base: str, table: ImageTable,
     linear = fit_linear_head(matrix[train], labels[train], c=c, seed=seed)
     classes = linear.classes
     model = architectures.create(parent.architecture, len(parent.classes), parent.spec.channels)
-    model.load_state_dict(weights_from_bytes(parent.weights))
+    model.load_state_dict(weights_from_bytes(parent_weights))
     model.reset_classifier(len(classes))
     linear.load_into(model.get_classifier())
     metrics: dict[str, Any] = {"train_accuracy": linear.accuracy(matrix[train], labels[train]),

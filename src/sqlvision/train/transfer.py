@@ -46,14 +46,10 @@ def load_parent(backend: Backend, source: str, arch: str | None) -> Parent:
                 raise SqlvisionError(f"{source} is a plain state dict", "name its --arch")
             return Parent(source, arch, None, None, blob)
         raise SqlvisionError(f"{source} is not a checkpoint", "give a .pt file written by sqlvision")
-    name, version = registry.parse_ref(source)
-    bundle = registry.load(backend, name, version)
-    if bundle.weights is None:
-        raise SqlvisionError(f"model {bundle.ref} has no PyTorch weights (it was imported from ONNX)",
-                             "start from a model sqlvision trained, or a checkpoint file")
+    bundle, weights = registry.load_trainable(backend, source)
     pretrained = bool(bundle.config.get("pretrained") or bundle.lineage.get("weights_source"))
     return Parent(bundle.ref, bundle.architecture, bundle.spec, bundle.classes,
-                  weights_from_bytes(bundle.weights), pretrained)
+                  weights_from_bytes(weights), pretrained)
 
 
 def apply_parent(model: Any, parent: Parent, classes: list[str]) -> str:
