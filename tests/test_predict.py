@@ -271,7 +271,7 @@ def slow_insert(self, table, data):
         time.sleep(0.2)
 DuckDBBackend.insert = slow_insert
 db = sv.connect(sys.argv[1])
-db.embed("fm", "fashion", workers=1, progress=False)
+db.embed("fm", "fashion", progress=False)
 """
 
 

@@ -207,6 +207,12 @@ def _byte_size(text: str) -> int:
     return int(float(match[1]) * unit)
 
 
+def _cluster_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT",
+                   help="run on Dask: a local cluster of N worker processes (default: one per "
+                        "core), or the scheduler at HOST:PORT (the dask extra)")
+
+
 def _image_size(text: str) -> tuple[int, int]:
     try:
         parts = [int(v) for v in text.lower().split("x")]
@@ -375,6 +381,7 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help="onnxruntime (the stored ONNX, default) or torch (the stored weights)")
     p.add_argument("--device", help="cuda to run on the GPU")
+    _cluster_option(p)
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="images per inference call (default: 4 on a CPU, 64 on a GPU)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: one per core)")
@@ -411,6 +418,7 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
     p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
     p.add_argument("--recompute", action="store_true", help="embed rows already embedded")
+    _cluster_option(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
     p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
@@ -438,7 +446,7 @@ def _predict(args: argparse.Namespace) -> int:
                             into_columns=args.into_columns, engine=args.engine, device=args.device,
                             batch_size=args.batch_size, workers=args.workers,
                             progress=False if args.no_progress else None, id_col=args.id_col,
-                            image_col=args.image_col)
+                            image_col=args.image_col, cluster=args.cluster)
     print(report.summary())
     for key, reason in report.failed[:5]:
         print(f"  id {key}: {reason}")
@@ -461,7 +469,7 @@ def _embed(args: argparse.Namespace) -> int:
     with _connect(args) as db:
         report = db.embed(args.model, args.table, where=args.where, version=args.version,
                           recompute=args.recompute, progress=False if args.no_progress else None,
-                          id_col=args.id_col, image_col=args.image_col)
+                          id_col=args.id_col, image_col=args.image_col, cluster=args.cluster)
     print(report.summary())
     return 0
 

@@ -151,17 +151,18 @@ class Database:
                 recompute: bool = False, into_columns: bool = False, engine: str = "onnxruntime",
                 device: str | None = None, batch_size: int | None = None, workers: int | None = None,
                 progress: bool | None = None, id_col: str | None = None,
-                image_col: str | None = None) -> Any:
+                image_col: str | None = None, cluster: Any = None, log: Any = print) -> Any:
         """Predict the rows of ``table`` into ``sv_predictions`` (one row per image and model
         version; already predicted rows are skipped unless ``recompute``). ``into_columns`` also
-        writes ``predicted_label``, ``confidence`` and ``predicted_at`` into ``table``."""
+        writes ``predicted_label``, ``confidence`` and ``predicted_at`` into ``table``.
+        ``cluster``: on Dask (``local``, ``local:N``, ``tcp://HOST:PORT`` or a ``Client``)."""
         from sqlvision.predict.batch import predict_table
 
         spec = self.image_table(table, id_col=id_col, image_col=image_col)
         return predict_table(self.backend, model, spec, where=where, version=version, top_k=top_k,
                              min_prob=min_prob, recompute=recompute, into_columns=into_columns,
                              engine=engine, device=device, batch_size=batch_size, workers=workers,
-                             progress=progress)
+                             progress=progress, cluster=cluster, log=log)
 
     def evaluate(self, model: str, table: str, *, where: str | None = None,
                  version: int | None = None, k: int = 5,
@@ -181,13 +182,15 @@ class Database:
 
     def embed(self, model: str, table: str, *, where: str | None = None,
               version: int | None = None, recompute: bool = False, progress: bool | None = None,
-              id_col: str | None = None, image_col: str | None = None) -> Any:
-        """Store penultimate-layer vectors of ``table``'s rows in ``sv_embeddings``."""
+              id_col: str | None = None, image_col: str | None = None, cluster: Any = None,
+              log: Any = print) -> Any:
+        """Store penultimate-layer vectors of ``table``'s rows in ``sv_embeddings``
+        (``cluster``: on Dask, as for :meth:`predict`)."""
         from sqlvision.embed import embed_table
 
         spec = self.image_table(table, id_col=id_col, image_col=image_col)
         return embed_table(self.backend, model, spec, where=where, version=version,
-                           recompute=recompute, progress=progress)
+                           recompute=recompute, progress=progress, cluster=cluster, log=log)
 
     def similar(self, model: str, table: str, image: str | bytes, k: int = 5, *,
                 progress: bool | None = None, id_col: str | None = None,

@@ -61,8 +61,10 @@ def as_vector(value: Any) -> np.ndarray:
 def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
                 version: int | None = None, recompute: bool = False, engine: str = "onnxruntime",
                 batch_size: int | None = None, workers: int | None = None,
-                progress: bool | None = None) -> EmbedReport:
-    """Store the vectors of every selected row not yet embedded by this model version."""
+                progress: bool | None = None, cluster: Any = None,
+                log: Any = print) -> EmbedReport:
+    """Store the vectors of every selected row not yet embedded by this model version
+    (``cluster``: on a Dask cluster, see :mod:`sqlvision.predict.cluster`)."""
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
     bundle = registry.load(backend, name, version or ref_version, weights=engine == "torch")
@@ -87,11 +89,21 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     report = EmbedReport(table.name, bundle.ref)
     todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
     report.already = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0) - todo
+    bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
+    if cluster is not None:
+        from sqlvision.predict.cluster import on_cluster
+
+        def writer(keys: list[Any], vectors: np.ndarray, _failed: Any) -> None:
+            write_embeddings(backend, table.name, bundle, keys, vectors)
+
+        outcome = on_cluster(backend, cluster, "embed", table, bundle, pending, key, writer, bar,
+                             log=log)
+        report.embedded, report.failed = outcome.done, len(outcome.failed)
+        report.seconds = time.perf_counter() - started
+        return report
     uri = q(table.uri) if table.uri else "NULL"
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
-    schema = arrow_schema(EMBEDDING_COLUMNS)
-    bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
     try:
         for group in score_rows(classifier, rows, features=True, batch_size=batch_size,
                                 workers=workers):
@@ -99,19 +111,27 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
             bar.update(group.rows)
             if not group.keys:
                 continue
-            n, vectors = len(group.keys), group.outputs
-            data = pa.table({
-                "source_table": [table.name] * n, "image_id": [int(k) for k in group.keys],
-                "model": [bundle.name] * n, "model_version": [bundle.version] * n,
-                "dim": [int(vectors.shape[1])] * n, "embedding": [v.tolist() for v in vectors],
-                "embedded_at": [utcnow()] * n}, schema=schema)
-            with backend.transaction():
-                backend.insert(EMBEDDINGS, data)
-            report.embedded += n
+            write_embeddings(backend, table.name, bundle, group.keys, group.outputs)
+            report.embedded += len(group.keys)
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def write_embeddings(backend: Backend, source: str, bundle: ModelBundle, keys: list[Any],
+                     vectors: np.ndarray) -> None:
+    """Insert one batch of vectors in one transaction."""
+    if not keys:
+        return
+    n = len(keys)
+    data = pa.table({
+        "source_table": [source] * n, "image_id": [int(k) for k in keys],
+        "model": [bundle.name] * n, "model_version": [bundle.version] * n,
+        "dim": [int(vectors.shape[1])] * n, "embedding": [v.tolist() for v in vectors],
+        "embedded_at": [utcnow()] * n}, schema=arrow_schema(EMBEDDING_COLUMNS))
+    with backend.transaction():
+        backend.insert(EMBEDDINGS, data)
 
 
 def load_embeddings(backend: Backend, bundle: ModelBundle, table: str,

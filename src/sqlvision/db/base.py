@@ -306,6 +306,10 @@ class Backend(ABC):
             f"WHERE s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
             f"AND {where}", params)
 
+    def byte_length(self, expression: str) -> str:
+        """SQL for the length in bytes of a BLOB ``expression``."""
+        return f"octet_length({expression})"
+
     def too_large(self, n_bytes: int) -> str | None:
         """Why a value of ``n_bytes`` (an image, a model) cannot be stored in one statement here,
         or ``None`` if it can."""

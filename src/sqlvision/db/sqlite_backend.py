@@ -91,6 +91,9 @@ class SQLiteBackend(Backend):
         schema = self.quote_column(parts[0]) + "." if len(parts) == 2 else ""
         return f"{schema}sqlite_master", parts[-1]
 
+    def byte_length(self, expression: str) -> str:
+        return f"length({expression})"  # bytes for a BLOB (octet_length needs SQLite 3.43)
+
     def schema_exists(self, parts: Sequence[str]) -> bool:
         return len(parts) == 1 and bool(self.scalar(
             "SELECT count(*) FROM pragma_database_list WHERE name = ?", [parts[0]]))

@@ -97,10 +97,13 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
                   recompute: bool = False, into_columns: bool = False,
                   engine: str = "onnxruntime", device: str | None = None, batch_size: int | None = None,
                   workers: int | None = None, progress: bool | None = None,
-                  bundle: ModelBundle | None = None) -> PredictReport:
+                  bundle: ModelBundle | None = None, cluster: Any = None,
+                  log: Any = print) -> PredictReport:
     """Predict every selected row not yet predicted by this model version; see the module doc.
 
     ``batch_size``: images per inference call (default: the engine's, small on a CPU).
+    ``cluster``: run on a Dask cluster (``local``, ``local:N``, ``tcp://HOST:PORT`` or a
+    ``distributed.Client``; see :mod:`sqlvision.predict.cluster`).
     """
     started = time.perf_counter()
     name, ref_version = registry.parse_ref(model)
@@ -126,10 +129,36 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     total = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0)
     todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
     report.already = total - todo
+    bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
+    if cluster is not None:
+        from sqlvision.predict.cluster import on_cluster
+
+        def writer(keys: list[Any], probs: np.ndarray, failed: list[tuple[Any, str]]) -> None:
+            write_predictions(backend, table.name, bundle, keys, probs, failed, top_k, min_prob)
+
+        with bar:
+            outcome = on_cluster(backend, cluster, "predict", table, bundle, pending, key, writer,
+                                 bar, top_k=top_k, min_prob=min_prob, log=log)
+        report.predicted, report.failed = outcome.done, outcome.failed
+    else:
+        _predict_here(backend, table, bundle, classifier, pending, key, report, bar,
+                      top_k=top_k, min_prob=min_prob, batch_size=batch_size, workers=workers)
+    if into_columns:
+        write_back(backend, table, bundle, where)
+    report.view = create_predicted_view(backend, table, PREDICTIONS)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _predict_here(backend: Backend, table: ImageTable, bundle: ModelBundle, classifier: Any,
+                  pending: str, key: tuple[Any, ...], report: PredictReport, bar: Any, *,
+                  top_k: int, min_prob: float, batch_size: int | None,
+                  workers: int | None) -> None:
+    """Predict the pending rows in this process (decode and score on a thread per core)."""
+    q, qt = backend.quote_column, backend.quote(table.name)
     uri = q(table.uri) if table.uri else "NULL"
     rows = table_rows(backend, f"SELECT {q(table.id)}, {q(table.image)}, {uri} FROM {qt} "
                                f"WHERE {pending}", key)
-    bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
     groups = score_rows(classifier, rows, batch_size=batch_size, workers=workers)
     # Group N commits on the writer thread while group N+1 is scored; each its own transaction.
     with BackgroundWriter(depth=1) as writer:
@@ -143,11 +172,6 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
             writer.drain()
         finally:
             bar.close()
-    if into_columns:
-        write_back(backend, table, bundle, where)
-    report.view = create_predicted_view(backend, table, PREDICTIONS)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def write_predictions(backend: Backend, source: str, bundle: ModelBundle, keys: list[Any],

@@ -1,0 +1,207 @@
+"""Batch predict and embed on a Dask LocalCluster of 2 worker processes, on all four engines:
+the same predictions as in process, exactly one per row when a worker or the client is killed,
+and one-line failures for an unreachable scheduler or workers without the ``train`` extra."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sqlvision as sv
+from sqlvision.predict import cluster as cluster_module
+from tests.conftest import BACKEND_PARAMS, SAMPLE, fresh_database
+
+distributed = pytest.importorskip("distributed")
+
+FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
+ROWS = 4000  # the Fashion-MNIST sample
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    """One LocalCluster of 2 worker processes for the tests that do not kill anything."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as local, \
+            distributed.Client(local) as connected:
+        yield connected
+
+
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
+def trained(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[sv.Database]:
+    folder = tmp_path_factory.mktemp(f"cluster-{request.param}")
+    with fresh_database(request.param, folder) as url, sv.connect(url) as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=folder / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+        yield db
+
+
+def predictions(db: sv.Database) -> dict[int, tuple[str, float]]:
+    rows = db.sql("SELECT image_id, label, confidence FROM sv_predictions").fetchall()
+    return {int(i): (lab, conf) for i, lab, conf in rows}
+
+
+def test_cluster_predictions_equal_in_process_ones(trained: sv.Database, client: object) -> None:
+    db = trained
+    lines: list[str] = []
+    report = db.predict("fm", "fashion", cluster=client, progress=False, into_columns=True,
+                        log=lines.append, recompute=True)
+    assert report.predicted == ROWS
+    on_cluster = predictions(db)
+    written_back = db.sql("SELECT count(*) FROM fashion WHERE predicted_label IS NOT NULL").scalar()
+    db.predict("fm", "fashion", progress=False, recompute=True)
+    here = predictions(db)
+    assert len(on_cluster) == len(here) == ROWS and written_back == ROWS
+    assert all(on_cluster[i][0] == here[i][0] for i in here)
+    assert all(abs(on_cluster[i][1] - here[i][1]) < 1e-5 for i in here)
+    again = db.predict("fm", "fashion", cluster=client, progress=False)
+    assert (again.predicted, again.already) == (0, ROWS)
+
+
+def test_cluster_embeddings(trained: sv.Database, client: object) -> None:
+    db = trained
+    db.backend.execute("DROP TABLE IF EXISTS sv_embeddings")
+    report = db.embed("fm", "fashion", cluster=client, where="id <= 500", progress=False)
+    assert report.embedded == 500
+    assert db.sql("SELECT count(DISTINCT image_id) FROM sv_embeddings").scalar() == 500
+
+
+def test_partitions_hold_about_equal_bytes(trained: sv.Database) -> None:
+    db = trained
+    table = db.image_table("fashion")
+    job = cluster_module.ClusterJob("predict", db.backend.url.raw, table, "fm", 1, "", "1 = 1", ())
+    parts = cluster_module.byte_partitions(db.backend, job, 8)
+    assert len(parts) == 8 and sum(n for _, _, n in parts) == ROWS
+    assert all(parts[i][1] < parts[i + 1][0] for i in range(len(parts) - 1))
+    sizes = []
+    for lo, hi, _ in parts:
+        sizes.append(float(db.sql(f"SELECT sum(size_bytes) FROM fashion WHERE id BETWEEN {lo} AND {hi}"
+                                  ).scalar()))
+    assert max(sizes) < 1.3 * min(sizes)
+
+
+def _slow_partitions() -> None:
+    """Run on every worker: each partition takes a while, so a kill lands mid-run."""
+    from sqlvision.predict import cluster
+
+    scored = cluster._scored
+
+    def slow(*args: object) -> object:
+        time.sleep(0.3)
+        return scored(*args)  # type: ignore[arg-type]
+
+    cluster._scored = slow  # type: ignore[assignment]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_killed_worker_leaves_exactly_one_prediction_per_row(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_module, "PARTITION_BYTES", 40_000)  # about 30 partitions
+    with fresh_database(kind, tmp_path) as url, sv.connect(url) as db, \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     dashboard_address=":0") as local, \
+            distributed.Client(local) as client:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+        client.run(_slow_partitions)
+        pids = client.run(os.getpid)
+        result: dict[str, object] = {}
+
+        def run() -> None:
+            with sv.connect(url) as own:
+                result["report"] = own.predict("fm", "fashion", cluster=client, progress=False,
+                                               log=lambda _: None)
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        with sv.connect(url) as watch:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                if "sv_predictions" in watch.tables() and watch.sql(
+                        "SELECT count(*) FROM sv_predictions").scalar():
+                    break
+                time.sleep(0.05)
+            committed = watch.sql("SELECT count(*) FROM sv_predictions").scalar()
+        os.kill(next(iter(pids.values())), signal.SIGKILL)  # one worker, mid-run
+        runner.join(timeout=300)
+        assert 0 < committed < ROWS and "report" in result
+        counts = db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall()
+        assert counts == [(ROWS, ROWS)]
+
+
+_CLIENT_SCRIPT = """
+import sys, time, sqlvision as sv
+from sqlvision.predict import cluster
+cluster.PARTITION_BYTES = 40_000
+if __name__ == "__main__":
+    sv.connect(sys.argv[1]).predict("fm", "fashion", cluster="local:2", progress=False)
+"""
+
+
+@pytest.mark.server
+def test_a_rerun_after_a_killed_client_predicts_only_what_is_missing(tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(_CLIENT_SCRIPT)
+    with fresh_database("postgresql", tmp_path) as url, sv.connect(url) as db:
+        db.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        db.train("fm", "fashion", where="id % 10 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                 progress=False, log=lambda _: None, **FAST)
+        proc = subprocess.Popen([sys.executable, str(script), url], start_new_session=True)
+        deadline = time.time() + 120
+        before = 0
+        while time.time() < deadline and proc.poll() is None:
+            if "sv_predictions" in db.tables():
+                before = db.sql("SELECT count(*) FROM sv_predictions").scalar()
+                if before:
+                    break
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and its cluster
+        proc.wait()
+        before = db.sql("SELECT count(*) FROM sv_predictions").scalar()
+        assert 0 < before < ROWS
+        report = db.predict("fm", "fashion", progress=False)
+        assert report.predicted == ROWS - before
+        counts = db.sql("SELECT count(*), count(DISTINCT image_id) FROM sv_predictions").fetchall()
+        assert counts == [(ROWS, ROWS)]
+
+
+def test_an_unreachable_scheduler_fails_in_one_line(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from sqlvision.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = tmp_path / "u.duckdb"
+    with sv.connect(db) as conn:
+        conn.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
+        conn.train("fm", "fashion", where="id % 40 = 0", epochs=1, checkpoint_dir=tmp_path / "ck",
+                   progress=False, log=lambda _: None, **FAST)
+    code = main(["predict", "fm", "--table", "fashion", "--db", str(db), "--cluster",
+                 f"tcp://127.0.0.1:{port}", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"tcp://127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_without_the_train_extra_get_the_install_command(
+        trained: sv.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    if trained.backend.dialect != "duckdb":
+        pytest.skip("the check runs before any engine is touched: one engine shows it")
+    monkeypatch.setattr(cluster_module, "WORKER_MODULES", ("sv_module_that_is_not_installed",))
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as local, \
+            distributed.Client(local) as threads_here, \
+            pytest.raises(sv.SqlvisionError, match=r'pip install "sqlvision\[train\]"'):
+        trained.predict("fm", "fashion", cluster=threads_here, progress=False, recompute=True)
