@@ -205,3 +205,27 @@ def test_workers_without_the_train_extra_get_the_install_command(
             distributed.Client(local) as threads_here, \
             pytest.raises(sv.SqlvisionError, match=r'pip install "sqlvision\[train\]"'):
         trained.predict("fm", "fashion", cluster=threads_here, progress=False, recompute=True)
+
+
+@pytest.mark.server
+def test_dask_walkthrough_example_runs_end_to_end(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    path = REPO / "examples" / "dask_clothing" / "walkthrough.py"
+    spec = importlib.util.spec_from_file_location("dask_walkthrough", path)
+    assert spec is not None and spec.loader is not None
+    walkthrough = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(walkthrough)
+    monkeypatch.chdir(tmp_path)
+    with fresh_database("postgresql", tmp_path) as url:
+        assert walkthrough.main(["--db", url, "--data", str(SAMPLE / "clothing"), "--small"]) == 0
+        printed = capsys.readouterr().out
+        assert "80 of 80 photos scored on Dask" in printed
+        with sv.connect(url) as db:
+            rows = db.sql("SELECT count(*) FROM clothing_test WHERE predicted_label IS NOT NULL "
+                          "AND confidence IS NOT NULL AND predicted_at IS NOT NULL").scalar()
+            assert rows == 80

@@ -99,7 +99,10 @@ def load_label_names(backend: Backend, names: str | dict[Any, str] | None) -> di
 
 
 def image_bytes(data: bytes | None, uri: str | None) -> bytes:
-    """A row's image: the stored bytes, or, in reference mode, the bytes read from its uri."""
+    """A row's image: the stored bytes, or, in reference mode, the bytes read from its uri; an
+    image column of text holds locations (a table of file URLs, as object stores list them)."""
+    if isinstance(data, str):
+        return read_bytes(data)
     if data is not None:
         return bytes(data)
     if uri:
