@@ -259,17 +259,16 @@ db.predict("fm", "fashion", workers=1, progress=False)
 """
 
 
-# embed's writes, slowed the same way
+# embed's writes, slowed the same way (after each committed batch)
 _EMBED_SCRIPT = """
 import sys, time, sqlvision as sv
-from sqlvision.db.duckdb_backend import DuckDBBackend
-insert = DuckDBBackend.insert
-def slow_insert(self, table, data):
-    insert(self, table, data)
-    if table == "sv_embeddings":
-        print("wrote", flush=True)
-        time.sleep(0.2)
-DuckDBBackend.insert = slow_insert
+from sqlvision import embed
+write = embed.write_embeddings
+def slow_write(*args):
+    write(*args)
+    print("wrote", flush=True)
+    time.sleep(0.2)
+embed.write_embeddings = slow_write
 db = sv.connect(sys.argv[1])
 db.embed("fm", "fashion", progress=False)
 """

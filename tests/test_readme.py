@@ -45,6 +45,7 @@ def test_the_readme_has_the_two_quick_start_commands() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # about 50 commands, three fine-tunes among them: 9 minutes on 2 cores
 def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SQLVISION_DB"}
     bin_dir = Path(sys.executable).parent  # the sqlvision script of this environment
