@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -124,6 +126,16 @@ def make_images(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def load_example(folder: str) -> ModuleType:
+    """``examples/FOLDER/walkthrough.py`` as a module, to call its ``main``."""
+    path = REPO / "examples" / folder / "walkthrough.py"
+    spec = importlib.util.spec_from_file_location(f"walkthrough_{folder}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

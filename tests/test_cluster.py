@@ -211,15 +211,9 @@ def test_workers_without_the_train_extra_get_the_install_command(
 def test_dask_walkthrough_example_runs_end_to_end(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
+    from tests.conftest import load_example
 
-    from tests.conftest import REPO
-
-    path = REPO / "examples" / "dask_clothing" / "walkthrough.py"
-    spec = importlib.util.spec_from_file_location("dask_walkthrough", path)
-    assert spec is not None and spec.loader is not None
-    walkthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(walkthrough)
+    walkthrough = load_example("dask_clothing")
     monkeypatch.chdir(tmp_path)
     with fresh_database("postgresql", tmp_path) as url:
         assert walkthrough.main(["--db", url, "--data", str(SAMPLE / "clothing"), "--small"]) == 0

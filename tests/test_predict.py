@@ -244,34 +244,27 @@ def test_logistic_head_on_embeddings(trained: sv.Database) -> None:
         assert len(db.sql("SELECT predict('fm-lr', data).label FROM fashion WHERE id <= 3")) == 3
 
 
-# The child reports its first committed group, then writes slowly, so the kill lands mid-run.
-_PREDICT_SCRIPT = """
+def slowed_writes(module: str, function: str, call: str) -> str:
+    """A child script: ``call`` with ``module.function`` (a committed write) reporting each
+    write, then sleeping, so a kill lands mid-run."""
+    return f"""
 import sys, time, sqlvision as sv
-from sqlvision.predict import batch
-write = batch.write_predictions
+from {module.rpartition('.')[0]} import {module.rpartition('.')[2]} as target
+write = target.{function}
 def slow_write(*args):
     write(*args)
     print("wrote", flush=True)
     time.sleep(0.2)
-batch.write_predictions = slow_write
+target.{function} = slow_write
 db = sv.connect(sys.argv[1])
-db.predict("fm", "fashion", workers=1, progress=False)
+db.{call}
 """
 
 
-# embed's writes, slowed the same way (after each committed batch)
-_EMBED_SCRIPT = """
-import sys, time, sqlvision as sv
-from sqlvision import embed
-write = embed.write_embeddings
-def slow_write(*args):
-    write(*args)
-    print("wrote", flush=True)
-    time.sleep(0.2)
-embed.write_embeddings = slow_write
-db = sv.connect(sys.argv[1])
-db.embed("fm", "fashion", progress=False)
-"""
+_PREDICT_SCRIPT = slowed_writes("sqlvision.predict.batch", "write_predictions",
+                                'predict("fm", "fashion", workers=1, progress=False)')
+_EMBED_SCRIPT = slowed_writes("sqlvision.embed", "write_embeddings",
+                              'embed("fm", "fashion", progress=False)')
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ pgvector, and the MariaDB walk-through run end to end against the local servers.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,14 @@ import pytest
 from PIL import Image
 
 import sqlvision as sv
-from tests.conftest import BACKEND_PARAMS, REPO, SAMPLE, SERVER_BACKENDS, SERVER_URLS, fresh_database
+from tests.conftest import (
+    BACKEND_PARAMS,
+    SAMPLE,
+    SERVER_BACKENDS,
+    SERVER_URLS,
+    fresh_database,
+    load_example,
+)
 
 FAST = {"arch": "sv_cnn_small", "batch_size": 32, "workers": 2}
 
@@ -138,11 +144,7 @@ def test_pgvector_similarity_agrees_with_the_plain_scan(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_mariadb_walkthrough_example_runs_end_to_end(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    path = REPO / "examples" / "mariadb_fashion_mnist" / "walkthrough.py"
-    spec = importlib.util.spec_from_file_location("walkthrough", path)
-    assert spec is not None and spec.loader is not None
-    walkthrough = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(walkthrough)
+    walkthrough = load_example("mariadb_fashion_mnist")
     with fresh_database("mariadb", tmp_path) as url:
         code = walkthrough.main(["--db", url, "--data", str(SAMPLE / "fashion-mnist"),
                                  "--train-rows", "800", "--test-rows", "200", "--epochs", "1",

@@ -207,6 +207,23 @@ def _byte_size(text: str) -> int:
     return int(float(match[1]) * unit)
 
 
+def _model_and_rows(p: argparse.ArgumentParser,
+                    where_help: str | None = "SQL condition selecting the rows") -> None:
+    """MODEL, --table and, unless ``where_help`` is None, --where and --version: how the
+    verbs that run a model on a table begin."""
+    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
+    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
+    if where_help is not None:
+        p.add_argument("--where", metavar="SQL", help=where_help)
+        p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+
+
+def _progress_and_image_columns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
+    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
+
+
 def _cluster_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT",
                    help="run on Dask: a local cluster of N worker processes (default: one per "
@@ -368,10 +385,7 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
                     "confidence, top_k, model version, timestamp). Rows already predicted by the "
                     "same version are skipped, so reruns and interrupted runs complete without "
                     "duplicates.")
-    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
-    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
-    p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
-    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+    _model_and_rows(p)
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes kept in top_k (5)")
     p.add_argument("--min-prob", type=float, default=0.0, metavar="P",
                    help="leave out top-k classes below this probability")
@@ -385,21 +399,15 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="N",
                    help="images per inference call (default: 4 on a CPU, 64 on a GPU)")
     p.add_argument("--workers", type=int, metavar="N", help="decode threads (default: one per core)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
-    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
+    _progress_and_image_columns(p)
     p.set_defaults(func=_predict)
 
     p = verbs.add_parser("evaluate", parents=[common], help="accuracy, per-class metrics, report",
                          description="Evaluate MODEL on the labeled rows of TABLE: accuracy, "
                                      "top-k accuracy, per-class precision/recall/F1, confusion "
                                      "matrix (stored in sv_evaluations) and an HTML report.")
-    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
-    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
-    p.add_argument("--where", metavar="SQL",
-                   help="rows to evaluate (default: the test split, else the validation split, "
-                        "else all)")
-    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+    _model_and_rows(p, where_help="rows to evaluate (default: the test split, else the "
+                                   "validation split, else all)")
     p.add_argument("-k", type=int, default=5, help="k of top-k accuracy (default 5)")
     p.add_argument("--report", metavar="DIR",
                    help="write report.html, confusion.png, mistakes.png, metrics.json here")
@@ -413,29 +421,21 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
                     "sv_embeddings (for similar, logistic heads and your own SQL). Rows already "
                     "embedded by the same version are skipped, so reruns complete without "
                     "duplicates.")
-    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
-    p.add_argument("--table", required=True, metavar="TABLE", help="image table to embed")
-    p.add_argument("--where", metavar="SQL", help="SQL condition selecting the rows")
-    p.add_argument("--version", type=int, metavar="V", help="model version (default: latest)")
+    _model_and_rows(p)
     p.add_argument("--recompute", action="store_true", help="embed rows already embedded")
     _cluster_option(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
-    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
+    _progress_and_image_columns(p)
     p.set_defaults(func=_embed)
 
     p = verbs.add_parser("similar", parents=[common], help="find the most similar images",
                          description="The K images of TABLE closest (cosine, on MODEL's "
                                      "embeddings) to --image; missing embeddings are computed.")
-    p.add_argument("model", metavar="MODEL", help="NAME or NAME:VERSION")
-    p.add_argument("--table", required=True, metavar="TABLE", help="image table (or your own)")
+    _model_and_rows(p, where_help=None)
     p.add_argument("--image", required=True, metavar="PATH", help="query image (path or URI)")
     p.add_argument("-k", type=int, default=5, help="how many images (default 5)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default table)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--id-col", metavar="COL", help="unique row id column (default: id)")
-    p.add_argument("--image-col", metavar="COL", help="image bytes column (default: data)")
+    _progress_and_image_columns(p)
     p.set_defaults(func=_similar)
 
 

@@ -120,7 +120,7 @@ def _jpeg_array(data: bytes, mode: str, max_pixels: int, draft: tuple[int, int] 
     sj = _simplejpeg()
     if sj is None or mode not in _FAST_COLORSPACES or data[:2] != b"\xff\xd8":
         return None
-    if rule >= 2 and b"Exif" in data[:65536]:
+    if rule >= 2 and data.find(b"Exif", 0, 65536) >= 0:
         try:
             if probe(data, 0).orientation != 1:
                 return None  # Pillow turns it

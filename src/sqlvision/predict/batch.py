@@ -109,7 +109,6 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     name, ref_version = registry.parse_ref(model)
     bundle = bundle or registry.load(backend, name, version or ref_version, weights=engine == "torch")
     assert bundle.version is not None
-    classifier = load_classifier(bundle, engine, device)
     check_integer_ids(backend, table)
     predicted_view_name(backend, table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
@@ -141,7 +140,9 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
                                  bar, top_k=top_k, min_prob=min_prob, log=log)
         report.predicted, report.failed = outcome.done, outcome.failed
     else:
-        _predict_here(backend, table, bundle, classifier, pending, key, report, bar,
+        # the session is built here only: on a cluster each worker builds its own
+        _predict_here(backend, table, bundle, load_classifier(bundle, engine, device), pending,
+                      key, report, bar,
                       top_k=top_k, min_prob=min_prob, batch_size=batch_size, workers=workers)
     if into_columns:
         write_back(backend, table, bundle, where)
