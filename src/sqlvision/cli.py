@@ -438,6 +438,22 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     _progress_and_image_columns(p)
     p.set_defaults(func=_similar)
 
+    from sqlvision.db.plpython import DEFAULT_SERVER_PATH
+
+    p = verbs.add_parser(
+        "install-functions", parents=[common],
+        help="PostgreSQL: create predict() and predict_topk() in the database (PL/Python)",
+        description="Create predict(model, image) and predict_topk(model, image, k[, min_prob]) "
+                    "as PL/Python functions in the --db schema, so any client's SQL can call them. "
+                    "Needs a superuser once (plpython3u) and, on the server, sqlvision and ONNX "
+                    "Runtime in --server-path (filled from here when the server is local).")
+    p.add_argument("--server-path", default=DEFAULT_SERVER_PATH, metavar="DIR",
+                   help=f"where the server's Python imports sqlvision from (default {DEFAULT_SERVER_PATH})")
+    p.add_argument("--sync", action=argparse.BooleanOptionalAction, default=None,
+                   help="copy sqlvision and its packages into --server-path from this machine "
+                        "(default: when the server is local)")
+    p.set_defaults(func=_install_functions)
+
 
 def _predict(args: argparse.Namespace) -> int:
     with _connect(args) as db:
@@ -450,6 +466,13 @@ def _predict(args: argparse.Namespace) -> int:
     print(report.summary())
     for key, reason in report.failed[:5]:
         print(f"  id {key}: {reason}")
+    return 0
+
+
+def _install_functions(args: argparse.Namespace) -> int:
+    from sqlvision.db.plpython import install_functions
+
+    print(install_functions(args.db, args.server_path, sync=args.sync).summary())
     return 0
 
 

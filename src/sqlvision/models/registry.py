@@ -163,6 +163,12 @@ def load(backend: Backend, name: str, version: int | None = None, *,
     for part in ("onnx", "weights") if weights else ("onnx",):
         if r[part] is None:
             r[part] = _load_part(backend, r["name"], int(r["version"]), part)
+    return bundle_from_row(r)
+
+
+def bundle_from_row(r: dict[str, Any]) -> ModelBundle:
+    """The bundle of one ``sv_models`` row (its parts already joined); also used by readers
+    that are not a :class:`Backend`, such as the PL/Python functions inside PostgreSQL."""
     return ModelBundle(
         name=r["name"], architecture=r["architecture"], classes=list(_json(r["classes"])),
         spec=PreprocessSpec.from_dict(_json(r["preprocessing"])), onnx=bytes(r["onnx"]),
