@@ -93,6 +93,17 @@ if [ -d /etc/postgresql ]; then
         || say "could not enable pgvector in database $database"
     done
   fi
+  # PL/Python, for predict() inside the server (sqlvision install-functions), and the directory
+  # the server's Python imports sqlvision from (install-functions fills it: it needs sqlvision).
+  if [ ! -f "/usr/share/postgresql/$PG/extension/plpython3u.control" ] && command -v apt-get >/dev/null; then
+    say "installing postgresql-plpython3-$PG (apt-get)"
+    as_root apt-get install -y -qq "postgresql-plpython3-$PG" >/dev/null 2>&1 \
+      || { as_root apt-get update -qq >/dev/null 2>&1 \
+           && as_root apt-get install -y -qq "postgresql-plpython3-$PG" >/dev/null 2>&1; } \
+      || say "could not install postgresql-plpython3-$PG: in-database predict() is unavailable"
+  fi
+  as_root install -d -m 755 /usr/local/lib/sqlvision-plpython \
+    || say "could not create /usr/local/lib/sqlvision-plpython"
 fi
 
 # -- MariaDB -------------------------------------------------------------------------------------
