@@ -215,8 +215,10 @@ def function_sql(backend: Any, schema: str, server_path: str) -> list[str]:
         body = preamble + _CALL.format(models=models, parts=parts, function=f.name, args=f.args)
         name = qualify(quote_identifier(f.name))
         signature = re.sub(r" DEFAULT \S+", "", f.params)
+        # PARALLEL UNSAFE (the default): PL/Python's SPI calls open subtransactions, which a
+        # parallel query forbids. A query runs in its session's one backend process.
         statements += [f"CREATE OR REPLACE FUNCTION {name}({f.params}) RETURNS jsonb LANGUAGE "
-                       f"plpython3u STABLE PARALLEL SAFE AS {literal(body)}",
+                       f"plpython3u STABLE AS {literal(body)}",
                        f"COMMENT ON FUNCTION {name}({signature}) IS {literal(f.comment)}"]
     info = qualify(quote_identifier("sv_plpython_info"))
     statements.append(f"CREATE OR REPLACE FUNCTION {info}() RETURNS jsonb LANGUAGE plpython3u "
