@@ -112,4 +112,5 @@ if [ -x /usr/sbin/mariadbd ] && ! mysqladmin -h 127.0.0.1 -u root ping >/dev/nul
   as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
   for _ in $(seq 30); do mysqladmin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 1; done
 fi
+bash "$(dirname "$0")/setup-browser.sh"  # Chromium for the web UI tests
 exit 0

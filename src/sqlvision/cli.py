@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(verbs, common)
     _predict_parsers(verbs, common)
     _models_parser(verbs, common)
+    _serve_parser(verbs, common)
 
     p = verbs.add_parser("tables", parents=[common], help="list the tables in the database")
     p.set_defaults(func=_tables)
@@ -828,6 +829,42 @@ def _demo(args: argparse.Namespace) -> int:
     from sqlvision.demo import run_demo
 
     return run_demo(args.workdir, args.db, epochs=args.epochs)
+
+
+def _serve_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
+    from sqlvision.serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = verbs.add_parser("serve", parents=[common], help="HTTP prediction API and web UI",
+                         description="Serve the prediction API (OpenAPI at /docs) and the web UI "
+                                     "for the database; see docs/serve.md.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", action="append", default=[], metavar="[NAME:]SECRET",
+                   help="require this token (repeatable; also $SQLVISION_TOKEN, comma-separated); "
+                        "writes such as relabeling need one")
+    p.add_argument("--max-upload", type=_byte_size, default=d.max_upload_bytes, metavar="SIZE",
+                   help="largest request body (default 16MiB)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
+                   help=f"images per inference call with dynamic batching (default {d.max_batch})")
+    p.add_argument("--batch-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
+                   help=f"how long a batch waits to fill (default {d.max_wait_ms:g})")
+    p.add_argument("--no-batching", action="store_true", help="score each request on its own")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sqlvision.serve import ServeConfig, run
+    from sqlvision.serve.config import parse_tokens
+
+    _connect(args).close()  # a missing database file is a typo: say so before serving
+    pixels = getattr(args, "max_pixels", None)
+    config = ServeConfig(db=args.db, tokens=parse_tokens(args.token), max_upload_bytes=args.max_upload,
+                         max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms,
+                         batching=not args.no_batching,
+                         **({"max_pixels": pixels} if pixels is not None else {}))
+    run(config, args.host, args.port)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
