@@ -273,33 +273,31 @@ def install_functions(url: str | DatabaseURL | None, server_path: str = DEFAULT_
                              "MariaDB run sqlvision predict and query the TABLE_predicted view")
     backend: Any = open_backend(parsed)
     try:
-        _enable_plpython(backend)
         schema = backend.schema or backend.scalar("SELECT current_schema()")
         if schema is None:
             raise SqlvisionError("the search path names no schema to create the functions in",
                                  "add ?schema=NAME to the URL")
-        with backend.transaction():
-            for statement in function_sql(backend, schema, server_path):
-                backend.execute(statement)
+        _create(backend, schema, server_path)
         info = _server_info(parsed, schema)
     finally:
         backend.close()
     local = not parsed.host or parsed.host.startswith("/") or parsed.host in _LOCAL_HOSTS
-    synced = bool(local if sync is None else sync)
-    if synced:
+    if sync is None:  # a directory this user may not write, already working, is left as it is
+        sync = local and (_writable(Path(server_path)) or bool(info["errors"]))
+    if sync:
         sync_server_path(Path(server_path), info["python"], log)
         info = _server_info(parsed, schema)  # a new session: the imports as a query will see them
-    missing = {m: e for m, e in info["errors"].items() if m in ("sqlvision", "onnxruntime", "numpy")}
-    if missing:
-        module, error = next(iter(missing.items()))
+    if info["errors"]:
+        module, error = next(iter(info["errors"].items()))
         raise SqlvisionError(
             f"the server's Python {info['python']} cannot import {module} from {server_path} "
             f"({error})", "run sqlvision install-functions on the server's machine as root, or "
             f"prepare {server_path} there as docs/plpython.md says")
-    return InstallReport(parsed.redacted, schema, server_path, synced, info)
+    return InstallReport(parsed.redacted, schema, server_path, sync, info)
 
 
-def _enable_plpython(backend: Any) -> None:
+def _create(backend: Any, schema: str, server_path: str) -> None:
+    """PL/Python enabled, then the functions created in one transaction."""
     import psycopg
 
     major = int(backend.scalar("SHOW server_version_num")) // 10000
@@ -307,12 +305,22 @@ def _enable_plpython(backend: Any) -> None:
         raise plpython_missing(major)
     try:
         backend.execute("CREATE EXTENSION IF NOT EXISTS plpython3u")
+        with backend.transaction():
+            for statement in function_sql(backend, schema, server_path):
+                backend.execute(statement)
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise SqlvisionError(f"cannot create the plpython3u extension: {backend.clean(exc)}",
-                             "PL/Python is an untrusted language: connect as a superuser once "
-                             "(CREATE EXTENSION plpython3u, or run install-functions as one)") from None
+        raise SqlvisionError(f"cannot create PL/Python functions: {backend.clean(exc)}",
+                             "plpython3u is an untrusted language: run install-functions as a "
+                             "superuser (once per schema)") from None
     except psycopg.errors.UndefinedFile:  # listed, but its library is gone
         raise plpython_missing(major) from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (or create it in its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.access(path, os.W_OK)
 
 
 def _server_info(url: DatabaseURL, schema: str) -> dict[str, Any]:
