@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import pytest
 
 import sqlvision as sv
+from sqlvision.db import parse_url
 from sqlvision.db.identifiers import quote_identifier
 from sqlvision.db.plpython import install_functions, plpython_missing
 from sqlvision.models import registry
@@ -146,6 +148,25 @@ def test_hostile_names_stay_values_and_quoted(installed: tuple[sv.Database, str]
     finally:
         with server() as con:
             con.execute(f"DROP SCHEMA IF EXISTS {quote_identifier(weird)} CASCADE")
+
+
+def test_a_role_that_is_not_superuser_is_told_why() -> None:
+    role = f"sv_test_role_{uuid.uuid4().hex[:8]}"
+    with server() as con:
+        con.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        try:
+            con.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+            base = parse_url(SERVER_URLS["postgresql"])
+            # ?schema= runs CREATE SCHEMA IF NOT EXISTS, which needs CREATE on the database
+            con.execute(f"GRANT CREATE ON DATABASE {quote_identifier(str(base.database))} TO {role}")
+            url = f"postgresql://{role}@{base.host}:{base.port}/{base.database}?schema={role}"
+            with pytest.raises(sv.SqlvisionError, match="untrusted language: run install-functions "
+                                                         "as a superuser"):
+                install_functions(url, sync=False)
+        finally:
+            con.execute(f"DROP SCHEMA IF EXISTS {role} CASCADE")
+            con.execute(f"DROP OWNED BY {role}")
+            con.execute(f"DROP ROLE {role}")
 
 
 def test_missing_plpython_names_the_package() -> None:
