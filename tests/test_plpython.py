@@ -141,6 +141,8 @@ def test_hostile_names_stay_values_and_quoted(installed: tuple[sv.Database, str]
         assert report.schema == weird and report.info["onnxruntime"]
         w = quote_identifier(weird)
         with server() as con:
+            with pytest.raises(psycopg.Error, match="no models yet"):
+                con.execute(f"SELECT {w}.predict('fm', data) FROM {s}.fashion LIMIT 1")
             con.execute(f"CREATE TABLE {w}.sv_models AS SELECT * FROM {s}.sv_models")
             there, here = con.execute(f"SELECT {w}.predict('fm', data), {s}.predict('fm', data) "
                                       f"FROM {s}.fashion WHERE id = 1").fetchone()

@@ -63,6 +63,9 @@ class SessionModels:
         self.plpy = plpy
         self.parts_table = parts_table
         self.loaded: dict[str, Any] = {}
+        if not self._exists(models_table):
+            raise SqlvisionError(f"no models yet: {models_table} does not exist",
+                                 "train one first: sqlvision train NAME --table TABLE")
         self._latest = plpy.prepare(f"SELECT max(version) AS v FROM {models_table} WHERE name = $1",
                                     ["text"])
         self._row = plpy.prepare(
@@ -100,10 +103,12 @@ class SessionModels:
         # One thread: a backend process serves one query, and scores one row per call.
         return OnnxClassifier(bundle_from_row(row), threads=1)
 
+    def _exists(self, table: str) -> bool:
+        plan = self.plpy.prepare("SELECT to_regclass($1) IS NOT NULL AS ok", ["text"])
+        return bool(self.plpy.execute(plan, [table])[0]["ok"])
+
     def _parts(self, name: str, version: int) -> bytes:
-        exists = self.plpy.execute(self.plpy.prepare("SELECT to_regclass($1) IS NOT NULL AS ok",
-                                                     ["text"]), [self.parts_table])
-        if not exists[0]["ok"]:
+        if not self._exists(self.parts_table):
             raise SqlvisionError(f"model '{name}:{version}' has no ONNX graph", "register it again")
         plan = self.plpy.prepare(f"SELECT data FROM {self.parts_table} WHERE name = $1 AND "
                                  "version = $2 AND part = 'onnx' ORDER BY seq", ["text", "integer"])
@@ -152,9 +157,9 @@ def server_call(plpy: Any, gd: dict[str, Any], models_table: str, parts_table: s
         return None
     sessions = gd.setdefault("sqlvision", {})
     models = sessions.get(models_table)
-    if models is None:
-        models = sessions[models_table] = SessionModels(plpy, models_table, parts_table)
     try:
+        if models is None:
+            models = sessions[models_table] = SessionModels(plpy, models_table, parts_table)
         value = _SERVER_FUNCTIONS[function](models, model, image, *args)
         return None if value is None else json.dumps(value)
     except SqlvisionError as exc:
