@@ -34,7 +34,7 @@ def trained(request: pytest.FixtureRequest,
 def sql_functions_run_here(request: pytest.FixtureRequest, db: sv.Database) -> bool:
     """Python functions run inside DuckDB and SQLite only: on a server, the known gap is a
     strict xfail that names the error (their predictions reach SQL through the view)."""
-    if db.backend.dialect in ("duckdb", "sqlite"):
+    if db.backend.sql_functions:
         return True
     request.applymarker(pytest.mark.xfail(
         strict=True, raises=sv.SqlvisionError,
@@ -117,7 +117,7 @@ def test_sql_functions(trained: sv.Database, request: pytest.FixtureRequest) -> 
     filtered = db.sql("SELECT unnest(predict_topk('fm', data, 3, 0.999)) FROM fashion WHERE id <= 5")
     assert len(filtered) <= 5
     vectors = db.sql("SELECT embed('fm', data) FROM fashion WHERE id <= 2").fetchall()
-    first = vectors[0][0] if db.backend.dialect == "duckdb" else json.loads(vectors[0][0])
+    first = vectors[0][0] if db.backend.native_lists else json.loads(vectors[0][0])
     assert len(first) == 64  # sv_cnn_small's feature width
     # agrees with batch prediction
     reset(db)
@@ -240,7 +240,7 @@ def test_logistic_head_on_embeddings(trained: sv.Database) -> None:
     reset(db)
     db.predict("fm-lr", "fashion", where="id <= 20", progress=False)
     assert db.sql("SELECT count(*) FROM sv_predictions WHERE model = 'fm-lr'").scalar() == 20
-    if db.backend.dialect in ("duckdb", "sqlite"):
+    if db.backend.sql_functions:
         assert len(db.sql("SELECT predict('fm-lr', data).label FROM fashion WHERE id <= 3")) == 3
 
 

@@ -122,7 +122,7 @@ def test_mariadb_packet_limit_skips_big_images_and_splits_big_models(tmp_path: P
 
 @pytest.mark.server
 def test_pgvector_similarity_agrees_with_the_plain_scan(tmp_path: Path) -> None:
-    from sqlvision.embed import nearest_by_scan, nearest_in_database
+    from sqlvision.embed import EMBEDDINGS, nearest_by_scan
 
     with fresh_database("postgresql", tmp_path) as url, sv.connect(url) as db:
         if not db.backend.has_pgvector:  # type: ignore[attr-defined]
@@ -132,7 +132,8 @@ def test_pgvector_similarity_agrees_with_the_plain_scan(tmp_path: Path) -> None:
         bundle = db.model("fm")
         query = np.asarray(db.sql("SELECT embedding FROM sv_embeddings WHERE image_id = 7").scalar(),
                            np.float32)
-        by_db = nearest_in_database(db.backend, bundle, "fashion", query, 5)
+        filters = {"source_table": "fashion", "model": bundle.name, "model_version": bundle.version}
+        by_db = db.backend.nearest(EMBEDDINGS, filters, query, 5)
         assert by_db is not None
         by_scan = nearest_by_scan(db.backend, bundle, "fashion", query, 5)
         assert by_db[0][0] == by_scan[0][0] == 7

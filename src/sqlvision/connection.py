@@ -56,24 +56,11 @@ class Database:
         from sqlvision.predict import functions
 
         if self._models is None:
-            self._models = functions.ModelCache(self.backend)
-            if self.backend.dialect == "duckdb":
-                functions.register_duckdb(self.backend.con, self._models)  # type: ignore[attr-defined]
-            elif self.backend.dialect == "sqlite":
-                functions.register_sqlite(self.backend.con, self._models)  # type: ignore[attr-defined]
-            else:
-                from sqlvision.errors import SqlvisionError
-
-                self._models = None
-                raise SqlvisionError(
-                    f"{self.backend.dialect} cannot run Python functions inside SQL",
-                    "run sqlvision predict, then query sv_predictions or the TABLE_predicted view")
+            cache = functions.ModelCache(self.backend)
+            self.backend.install_functions(functions.sql_functions(cache))
+            self._models = cache
         self._models.refresh(list(refs))
-        if self.backend.dialect == "sqlite" and query:
-            from sqlvision.predict.rewrite import rewrite_for_sqlite
-
-            return rewrite_for_sqlite(query)
-        return query
+        return self.backend.adapt_query(query)
 
     def tables(self) -> list[str]:
         """The tables in the database, catalog tables (``sv_*``) included."""

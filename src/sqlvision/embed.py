@@ -51,13 +51,6 @@ class EmbedReport:
         return text + (f", {self.failed} could not be decoded" if self.failed else "")
 
 
-def as_vector(value: Any) -> np.ndarray:
-    """A stored embedding (a list, or float32 bytes on engines without arrays) as an array."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return np.frombuffer(value, np.float32)
-    return np.asarray(value, np.float32)
-
-
 def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str | None = None,
                 version: int | None = None, recompute: bool = False, engine: str = "onnxruntime",
                 batch_size: int | None = None, workers: int | None = None,
@@ -146,7 +139,7 @@ def load_embeddings(backend: Backend, bundle: ModelBundle, table: str,
         for key, value in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             if wanted is None or key in wanted:
                 keys.append(key)
-                vectors.append(as_vector(value))
+                vectors.append(backend.read_vector(value))
     return keys, (np.stack(vectors) if vectors else np.zeros((0, 0), np.float32))
 
 
@@ -165,7 +158,8 @@ def similar(backend: Backend, model: str, table: ImageTable, image: str | bytes,
     if pixels is None:
         raise SqlvisionError(f"the query image cannot be used: {reason}", "give a valid image")
     query = load_classifier(bundle).embed(pixels[None])[0]
-    found = nearest_in_database(backend, bundle, table.name, query, k)
+    filters = {"source_table": table.name, "model": bundle.name, "model_version": bundle.version}
+    found = backend.nearest(EMBEDDINGS, filters, query, k)
     ids, scores = found if found is not None else nearest_by_scan(backend, bundle, table.name,
                                                                    query, k)
     if not ids:
@@ -192,18 +186,3 @@ def nearest_by_scan(backend: Backend, bundle: ModelBundle, table: str, query: np
     scores = matrix @ query / np.maximum(norms, 1e-12)
     top = np.argsort(-scores)[:k]
     return [keys[i] for i in top], [float(scores[i]) for i in top]
-
-
-def nearest_in_database(backend: Backend, bundle: ModelBundle, table: str, query: np.ndarray,
-                        k: int) -> tuple[list[Any], list[float]] | None:
-    """Exact cosine top-k computed by the database with pgvector's ``<=>`` operator, where
-    PostgreSQL has the extension; ``None`` elsewhere (the caller scans)."""
-    if backend.dialect != "postgresql" or not getattr(backend, "has_pgvector", False):
-        return None
-    literal = "[" + ",".join(f"{float(x):.9g}" for x in query) + "]"
-    rows = backend.query(
-        "SELECT image_id, 1 - (embedding::vector <=> ?::vector) AS similarity "
-        f"FROM {backend.quote(EMBEDDINGS)} WHERE source_table = ? AND model = ? "
-        "AND model_version = ? ORDER BY embedding::vector <=> ?::vector LIMIT ?",
-        [literal, table, bundle.name, bundle.version, literal, k])
-    return rows.column(0).to_pylist(), [float(s) for s in rows.column(1).to_pylist()]

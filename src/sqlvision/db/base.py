@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from sqlvision.db.functions import SqlFunction
 from sqlvision.db.identifiers import derived_name, quote_identifier, quote_name, split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
@@ -64,7 +65,7 @@ def arrow_schema(columns: Sequence[Column]) -> pa.Schema:
 
 def vector_bytes(value: Any) -> Any:
     """A vector (a list of floats) as float32 bytes, for engines without an array type (SQLite,
-    MariaDB); other values unchanged. ``sqlvision.embed.as_vector`` reads them back."""
+    MariaDB); other values unchanged. ``Backend.read_vector`` reads them back."""
     return np.asarray(value, np.float32).tobytes() if isinstance(value, list) else value
 
 
@@ -323,12 +324,47 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the connection."""
 
-    def register_function(self, name: str, func: Any, **options: Any) -> None:
-        """Make a Python function callable from SQL, where the engine allows it."""
+    # -- capabilities ---------------------------------------------------------------------------
+    #: whether Python functions can be called from this engine's SQL (see :meth:`install_functions`)
+    sql_functions: ClassVar[bool] = False
+    #: whether struct and list values are native here (else they are JSON text)
+    native_lists: ClassVar[bool] = False
+
+    def install_functions(self, functions: Sequence[SqlFunction]) -> None:
+        """Make ``functions`` callable from SQL on this connection (replacing earlier ones)."""
         raise SqlvisionError(
             f"{self.dialect} cannot run Python functions inside SQL",
-            "use batch prediction, which writes results back to a table",
-        )
+            "use ML.PREDICT(MODEL m, (SELECT ...)), or run sqlvision predict and query "
+            "sv_predictions or the TABLE_predicted view")
+
+    def adapt_query(self, sql: str) -> str:
+        """``sql`` in the form this engine runs (the functions' struct and list syntax)."""
+        return sql
+
+    def field(self, expression: str, name: str) -> str:
+        """SQL reading field ``name`` of a struct value (or of a JSON object where structs are
+        JSON text)."""
+        return f"({expression}).{self.quote_column(name)}"
+
+    def json_top_k(self, expression: str, k: int, min_prob: float) -> str:
+        """SQL keeping the first ``k`` entries with ``probability >= min_prob`` of a stored JSON
+        top-k list (``[{label, probability}, ...]``, most probable first)."""
+        raise SqlvisionError(f"{self.dialect} cannot cut top-k lists in SQL",
+                             "leave top_k and min_prob out")
+
+    def nearest(self, table: str, filters: dict[str, Any], query: np.ndarray,
+                k: int) -> tuple[list[Any], list[float]] | None:
+        """``(image ids, cosine similarities)`` of the ``k`` stored vectors of ``table``
+        (``image_id``, ``embedding``; rows matching ``filters``) nearest ``query``, computed by
+        the database; ``None`` where it cannot (the caller scans)."""
+        return None
+
+    @staticmethod
+    def read_vector(value: Any) -> np.ndarray:
+        """A stored vector (a list, or float32 bytes where there is no array type) as an array."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            return np.frombuffer(value, np.float32)
+        return np.asarray(value, np.float32)
 
 
 class InformationSchemaBackend(Backend):

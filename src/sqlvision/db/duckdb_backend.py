@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import os
 from collections.abc import Iterator, Sequence
@@ -13,11 +14,35 @@ import duckdb
 import pyarrow as pa
 
 from sqlvision.db.base import Column, InformationSchemaBackend
+from sqlvision.db.functions import SqlFunction, sql_literal
 from sqlvision.db.identifiers import quote_identifier, split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
 
 _view_ids = itertools.count()
+_PARAM_TYPES = {"text": "VARCHAR", "blob": "BLOB", "int": "INTEGER", "double": "DOUBLE"}
+
+
+def _with_arity(func: Any, n: int) -> Any:
+    """``func(*args)`` declaring ``n`` positional parameters (DuckDB counts them)."""
+    def call(*args: Any) -> Any:
+        return func(*args)
+
+    call.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(n)])
+    return call
+
+
+def duckdb_type(arrow_type: pa.DataType) -> str:
+    """DuckDB's name for an Arrow type (the ones SQL functions return)."""
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(f"{quote_identifier(f.name)} {duckdb_type(f.type)}" for f in arrow_type)
+        return f"STRUCT({fields})"
+    if pa.types.is_list(arrow_type):
+        return f"{duckdb_type(arrow_type.value_type)}[]"
+    names = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.float32(): "FLOAT",
+             pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN"}
+    return names[arrow_type]
 ROW_GROUP_ROWS = 2048
 
 
@@ -182,10 +207,31 @@ class DuckDBBackend(InformationSchemaBackend):
             data, f"UPDATE {self.quote(table)} AS t SET {sets} FROM {{view}} AS v WHERE t.{k} = v.{k}"
         )
 
-    def register_function(self, name: str, func: Any, **options: Any) -> None:
-        with contextlib.suppress(duckdb.InvalidInputException, duckdb.CatalogException):
-            self.con.remove_function(name)
-        self.con.create_function(name, func, **options)
+    # -- SQL functions ------------------------------------------------------------------------------
+    sql_functions = True
+    native_lists = True
+
+    def install_functions(self, functions: Sequence[SqlFunction]) -> None:
+        """Each function as a vectorized Arrow UDF ``sv_NAME`` plus a macro ``NAME`` that casts
+        its arguments and fills in the defaults."""
+        for function in functions:
+            inner = f"sv_{function.name}"
+            with contextlib.suppress(duckdb.InvalidInputException, duckdb.CatalogException):
+                self.con.remove_function(inner)
+            # special: a NULL out for a row whose arguments are not NULL is allowed
+            options: dict[str, Any] = {"type": "arrow", "side_effects": False,
+                                       "null_handling": "special"}
+            self.con.create_function(inner, _with_arity(function.call_arrow, len(function.params)),
+                                     [_PARAM_TYPES[kind] for _, kind in function.params],
+                                     duckdb_type(function.returns), **options)
+            overloads = []
+            for arity in function.arities:
+                names = [name for name, _ in function.params[:arity]]
+                args = [f"{name}::{_PARAM_TYPES[kind]}" for name, kind in function.params[:arity]]
+                args += [sql_literal(v) for v in function.full_arguments([0] * arity)[arity:]]
+                overloads.append(f"({', '.join(names)}) AS {inner}({', '.join(args)})")
+            self.con.execute(f"CREATE OR REPLACE TEMP MACRO {quote_identifier(function.name)}"
+                             + ", ".join(overloads))
 
     def close(self) -> None:
         self.con.close()

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 from psycopg.types.json import Jsonb, set_json_loads
@@ -204,3 +205,20 @@ class PostgresBackend(ServerBackend):
                     enabled = 0
             self._pgvector = bool(enabled)
         return self._pgvector
+
+    def nearest(self, table: str, filters: dict[str, Any], query: np.ndarray,
+                k: int) -> tuple[list[Any], list[float]] | None:
+        """Exact cosine top-k by pgvector's ``<=>`` operator, where the extension is enabled."""
+        if not self.has_pgvector:
+            return None
+        literal = "[" + ",".join(f"{float(x):.9g}" for x in query) + "]"
+        where = " AND ".join(f"{self.quote_column(c)} = ?" for c in filters) or "TRUE"
+        rows = self.query(
+            "SELECT image_id, 1 - (embedding::vector <=> ?::vector) AS similarity "
+            f"FROM {self.quote(table)} WHERE {where} ORDER BY embedding::vector <=> ?::vector "
+            "LIMIT ?", [literal, *filters.values(), literal, k])
+        return rows.column(0).to_pylist(), [float(s) for s in rows.column(1).to_pylist()]
+
+    def json_top_k(self, expression: str, k: int, min_prob: float) -> str:
+        path = f"$[0 to {int(k) - 1}] ? (@.probability >= {float(min_prob)!r})"
+        return f"jsonb_path_query_array(({expression})::jsonb, {self.quote_literal(path)})"

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from sqlvision.db.base import Backend, rows_to_arrow, vector_bytes
+from sqlvision.db.functions import SqlFunction
 from sqlvision.db.identifiers import split_name
 from sqlvision.db.url import DatabaseURL
 from sqlvision.errors import SqlvisionError
@@ -47,6 +48,7 @@ class SQLiteBackend(Backend):
                 f"cannot open SQLite database {url.path!r}: {exc}",
                 "check that the folder exists and is writable",
             ) from exc
+        self._functions: set[str] = set()
         self.con.execute("PRAGMA journal_mode=WAL")
         self.con.execute("PRAGMA synchronous=NORMAL")
 
@@ -121,9 +123,26 @@ class SQLiteBackend(Backend):
         )
         return rows.column(0).to_pylist()
 
-    def register_function(self, name: str, func: Any, **options: Any) -> None:
-        self.con.create_function(name, options.get("nargs", -1), func,
-                                 deterministic=options.get("deterministic", False))
+    # -- SQL functions ------------------------------------------------------------------------------
+    sql_functions = True
+
+    def install_functions(self, functions: Sequence[SqlFunction]) -> None:
+        """Each function as a row function per argument count; nested values as JSON text."""
+        for function in functions:
+            for arity in function.arities:
+                self.con.create_function(function.name, arity, function.call_row)
+            self._functions.add(function.name)
+
+    def adapt_query(self, sql: str) -> str:
+        """Struct fields and UNNEST of the installed functions' values, in JSON functions."""
+        if not self._functions:
+            return sql
+        from sqlvision.db.sqlite_rewrite import rewrite_for_sqlite
+
+        return rewrite_for_sqlite(sql, self._functions)
+
+    def field(self, expression: str, name: str) -> str:
+        return f"json_extract({expression}, {self.quote_literal('$.' + name)})"
 
     def close(self) -> None:
         self.con.close()

@@ -9,14 +9,13 @@ Queries without the SQL functions are passed through untouched.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from typing import Any
-
-from sqlvision.predict.functions import FUNCTION_CALL
-
-FUNCTIONS = ("predict", "predict_topk", "embed")
 
 
 def _call_name(node: Any) -> str | None:
+    """The name of a plain function call (through parentheses), else ``None``."""
     from sqlglot import exp
 
     while isinstance(node, exp.Paren):
@@ -40,9 +39,12 @@ def _qualify_single_table(select: Any) -> None:
             column.set("table", exp.to_identifier(table))
 
 
-def rewrite_for_sqlite(sql: str) -> str:
-    """The SQLite form of ``sql`` (see the module doc)."""
-    if not FUNCTION_CALL.search(sql) or ("." not in sql and "unnest" not in sql.lower()):
+def rewrite_for_sqlite(sql: str, functions: Collection[str]) -> str:
+    """The SQLite form of ``sql`` for calls of ``functions`` (see the module doc)."""
+    names = {f.lower() for f in functions}
+    called = names and re.search(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\s*\(",
+                                 sql, re.IGNORECASE)
+    if not called or ("." not in sql and "unnest" not in sql.lower()):
         return sql
     import sqlglot
     from sqlglot import exp
@@ -56,7 +58,7 @@ def rewrite_for_sqlite(sql: str) -> str:
         return node
 
     def fields(node: Any) -> Any:
-        if isinstance(node, exp.Dot) and _call_name(node.this) in FUNCTIONS:
+        if isinstance(node, exp.Dot) and _call_name(node.this) in names:
             path = exp.Literal.string(f"$.{node.expression.name}")
             return exp.Anonymous(this="json_extract", expressions=[node.this, path])
         return node

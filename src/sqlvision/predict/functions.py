@@ -1,9 +1,10 @@
-"""SQL functions: ``predict``, ``predict_topk`` and ``embed`` inside DuckDB and SQLite queries.
-
-DuckDB gets vectorized Arrow UDFs (a chunk of up to 2,048 rows per call, decoded and scored in
-batches on one thread per core) with struct and list results; SQLite gets row functions
-returning JSON, plus a rewrite of ``predict(...).label`` and ``unnest(...)`` into SQLite's JSON functions.
-Models are loaded once per connection and reloaded only when a newer version is registered.
+"""SQL functions: ``predict``, ``predict_topk``, ``ml_predict`` and ``embed`` inside DuckDB and
+SQLite queries, described engine-neutrally (:class:`sqlvision.db.functions.SqlFunction`) and
+installed by the backend: DuckDB runs them vectorized (a chunk of up to 2,048 rows per call,
+decoded and scored in batches on one thread per core) with struct and list results; SQLite row
+by row with JSON results. ``ml_predict`` is what ``ML.PREDICT`` uses: label, confidence, error
+and top-k from one pass. Models are loaded once per connection and reloaded only when a newer
+version is registered.
 
 The image argument is the image bytes, or a path or URI (reference-mode rows: pass ``uri``).
 A row whose image does not decode costs only itself: ``predict`` gives it a NULL label and
@@ -12,25 +13,24 @@ confidence and the reason in ``error``; ``predict_topk`` and ``embed`` give NULL
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from sqlvision.db.base import Backend
+from sqlvision.db.functions import SqlFunction
 from sqlvision.errors import SqlvisionError
 from sqlvision.models import registry
 from sqlvision.models.runtime import OnnxClassifier, load_classifier
 from sqlvision.predict.batch import top_k_entries
 from sqlvision.predict.stream import score_rows
 
-FUNCTION_CALL = re.compile(r"\b(predict|predict_topk|embed)\s*\(\s*'((?:[^']|'')*)'", re.IGNORECASE)
-_PREDICT_TYPE = "STRUCT(label VARCHAR, confidence DOUBLE, error VARCHAR)"
-_TOPK_TYPE = "STRUCT(label VARCHAR, probability DOUBLE)[]"
+FUNCTION_CALL = re.compile(r"\b(predict|predict_topk|ml_predict|embed)\s*\(\s*'((?:[^']|'')*)'",
+                           re.IGNORECASE)
 
 
 def models_in(sql: str) -> list[str]:
@@ -107,33 +107,24 @@ def _by_model(models: list[Any]) -> dict[str, list[int]]:
     return groups
 
 
-def predict_values(cache: ModelCache, models: list[Any], images: list[Any]) -> list[Any]:
-    """``{label, confidence, error}`` per row (``None`` for NULL images; label and confidence
-    ``None`` and the reason in ``error`` for images that do not decode)."""
+def scored_values(cache: ModelCache, models: list[Any], images: list[Any], ks: list[Any],
+                  min_probs: list[Any]) -> list[Any]:
+    """``{label, confidence, error, top_k}`` per row (``None`` for NULL images; label,
+    confidence and top_k ``None`` and the reason in ``error`` for images that do not decode).
+    ``top_k``: the k most probable classes (5 where k is NULL) with probability >= min_prob."""
     out: list[Any] = [None] * len(images)
     for ref, rows in _by_model(models).items():
         classifier = cache.get(ref)
         probs, good, failed = _score(classifier, [images[i] for i in rows], features=False)
         for j, p in zip(good, probs, strict=True):
-            best = int(p.argmax())
-            out[rows[j]] = {"label": classifier.classes[best], "confidence": float(p[best]),
-                            "error": None}
-        for j, reason in failed.items():
-            out[rows[j]] = {"label": None, "confidence": None, "error": reason}
-    return out
-
-
-def topk_values(cache: ModelCache, models: list[Any], images: list[Any], ks: list[Any],
-                min_probs: list[Any]) -> list[Any]:
-    """``[{label, probability}, ...]`` per row: the k most probable classes above min_prob."""
-    out: list[Any] = [None] * len(images)
-    for ref, rows in _by_model(models).items():
-        classifier = cache.get(ref)
-        probs, good, _ = _score(classifier, [images[i] for i in rows], features=False)
-        for j, p in zip(good, probs, strict=True):
             r = rows[j]
+            best = int(p.argmax())
             k = int(ks[r] if ks[r] is not None else 5)
-            out[r] = top_k_entries(classifier.classes, p[None], k, float(min_probs[r] or 0.0))[0]
+            top = top_k_entries(classifier.classes, p[None], k, float(min_probs[r] or 0.0))[0]
+            out[r] = {"label": classifier.classes[best], "confidence": float(p[best]),
+                      "error": None, "top_k": top}
+        for j, reason in failed.items():
+            out[rows[j]] = {"label": None, "confidence": None, "error": reason, "top_k": None}
     return out
 
 
@@ -147,55 +138,31 @@ def embed_values(cache: ModelCache, models: list[Any], images: list[Any]) -> lis
     return out
 
 
-def register_duckdb(con: Any, cache: ModelCache) -> None:
-    """Vectorized Arrow UDFs plus macros with the public names and defaults."""
-    import pyarrow as pa
-
-    predict_type = pa.struct([("label", pa.string()), ("confidence", pa.float64()),
-                              ("error", pa.string())])
-    topk_type = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))
-
-    def sv_predict(models: Any, images: Any) -> Any:
-        return pa.array(predict_values(cache, models.to_pylist(), images.to_pylist()), predict_type)
-
-    def sv_predict_topk(models: Any, images: Any, ks: Any, min_probs: Any) -> Any:
-        values = topk_values(cache, models.to_pylist(), images.to_pylist(), ks.to_pylist(),
-                             min_probs.to_pylist())
-        return pa.array(values, topk_type)
-
-    def sv_embed(models: Any, images: Any) -> Any:
-        return pa.array(embed_values(cache, models.to_pylist(), images.to_pylist()),
-                        pa.list_(pa.float32()))
-
-    for name, func, params, result in (
-        ("sv_predict", sv_predict, ["VARCHAR", "BLOB"], _PREDICT_TYPE),
-        ("sv_predict_topk", sv_predict_topk, ["VARCHAR", "BLOB", "INTEGER", "DOUBLE"], _TOPK_TYPE),
-        ("sv_embed", sv_embed, ["VARCHAR", "BLOB"], "FLOAT[]"),
-    ):
-        with contextlib.suppress(Exception):  # not registered yet on this connection
-            con.remove_function(name)
-        # special: a NULL out for a row whose image is not NULL (it did not decode) is allowed
-        con.create_function(name, func, params, result, type="arrow", side_effects=False,
-                            null_handling="special")
-    con.execute("CREATE OR REPLACE TEMP MACRO predict(model, image) AS sv_predict(model, image::BLOB)")
-    con.execute("CREATE OR REPLACE TEMP MACRO predict_topk(model, image, k) AS "
-                "sv_predict_topk(model, image::BLOB, k, 0.0), (model, image, k, min_prob) AS "
-                "sv_predict_topk(model, image::BLOB, k, min_prob)")
-    con.execute("CREATE OR REPLACE TEMP MACRO embed(model, image) AS sv_embed(model, image::BLOB)")
+def _fields(values: list[Any], names: tuple[str, ...]) -> list[Any]:
+    return [None if v is None else {n: v[n] for n in names} for v in values]
 
 
-def register_sqlite(con: Any, cache: ModelCache) -> None:
-    """Row functions returning JSON text (SQLite has no struct or list types)."""
-    def one(func: Any) -> Any:
-        def wrapper(*args: Any) -> str | None:
-            value = func(*args)
-            return None if value is None else json.dumps(value)
-        return wrapper
+def sql_functions(cache: ModelCache) -> list[SqlFunction]:
+    """The SQL functions over the models of ``cache``, for :meth:`Backend.install_functions`."""
+    entry = pa.struct([("label", pa.string()), ("probability", pa.float64())])
+    prediction = [("label", pa.string()), ("confidence", pa.float64()), ("error", pa.string())]
+    image = (("model", "text"), ("image", "blob"))
+    topk = (*image, ("k", "int"), ("min_prob", "double"))
 
-    con.create_function("predict", 2, one(lambda m, img: predict_values(cache, [m], [img])[0]))
-    con.create_function("predict_topk", 3,
-                        one(lambda m, img, k: topk_values(cache, [m], [img], [k], [0.0])[0]))
-    con.create_function("predict_topk", 4, one(
-        lambda m, img, k, p: topk_values(cache, [m], [img], [k], [p])[0]))
-    con.create_function("embed", 2, one(lambda m, img: embed_values(cache, [m], [img])[0]))
+    def predict(columns: list[list[Any]]) -> list[Any]:
+        n = len(columns[1])
+        return _fields(scored_values(cache, columns[0], columns[1], [1] * n, [0.0] * n),
+                       ("label", "confidence", "error"))
 
+    def predict_topk(columns: list[list[Any]]) -> list[Any]:
+        values = scored_values(cache, *columns)
+        return [None if v is None else v["top_k"] for v in values]
+
+    return [
+        SqlFunction("predict", image, pa.struct(prediction), predict),
+        SqlFunction("predict_topk", topk, pa.list_(entry), predict_topk, defaults=(0.0,)),
+        SqlFunction("ml_predict", topk, pa.struct([*prediction, ("top_k", pa.list_(entry))]),
+                    lambda columns: scored_values(cache, *columns), defaults=(5, 0.0)),
+        SqlFunction("embed", image, pa.list_(pa.float32()),
+                    lambda columns: embed_values(cache, *columns)),
+    ]
