@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 import sqlvision as sv
@@ -71,6 +72,20 @@ def test_sql_predict_matches_batch_predict(installed: tuple[sv.Database, str]) -
     assert {i: r["label"] for i, r in rows} == batch == dict(labels)
     for i, r in rows:
         assert r["error"] is None and r["confidence"] == pytest.approx(confidence[i], abs=1e-5)
+
+
+def test_sql_embed_matches_batch_embed(installed: tuple[sv.Database, str]) -> None:
+    db, schema = installed
+    db.embed("fm", "fashion", where="id <= 5", progress=False, log=lambda _: None)
+    stored = dict(db.sql("SELECT image_id, embedding FROM sv_embeddings").fetchall())
+    s = quote_identifier(schema)
+    with server() as con:
+        rows = con.execute(f"SELECT id, {s}.embed('fm', data) FROM {s}.fashion WHERE id <= 5"
+                           ).fetchall()
+        assert con.execute(f"SELECT {s}.embed('fm', 'garbage'::bytea)").fetchone() == (None,)
+    assert len(rows) == len(stored) == 5
+    for i, vector in rows:
+        assert np.allclose(vector, db.backend.read_vector(stored[i]), atol=1e-5)
 
 
 def test_psql_runs_predict_as_written(installed: tuple[sv.Database, str]) -> None:

@@ -443,9 +443,10 @@ def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
 
     p = verbs.add_parser(
         "install-functions", parents=[common],
-        help="PostgreSQL: create predict() and predict_topk() in the database (PL/Python)",
-        description="Create predict(model, image) and predict_topk(model, image, k[, min_prob]) "
-                    "as PL/Python functions in the --db schema, so any client's SQL can call them. "
+        help="PostgreSQL: create predict(), predict_topk() and embed() in the database (PL/Python)",
+        description="Create predict(model, image), predict_topk(model, image, k[, min_prob]) and "
+                    "embed(model, image) as PL/Python functions in the --db schema, so any "
+                    "client's SQL can call them. "
                     "Needs a superuser once (plpython3u) and, on the server, sqlvision and ONNX "
                     "Runtime in --server-path (filled from here when the server is local).")
     p.add_argument("--server-path", default=DEFAULT_SERVER_PATH, metavar="DIR",

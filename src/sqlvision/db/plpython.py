@@ -8,6 +8,7 @@ functions, callable from any client (``psql``, a BI tool, another language's dri
 * ``predict_topk(model text, image bytea, k integer, min_prob double precision DEFAULT 0)
   -> jsonb``: ``[{"label", "probability"}, ...]``, most probable first
   (``jsonb_array_elements`` unnests it);
+* ``embed(model text, image bytea) -> real[]``: the penultimate-layer vector;
 * ``sv_plpython_info() -> jsonb``: what the server's Python sees (its version, the directory,
   the versions of sqlvision and ONNX Runtime it imports), to check a setup.
 
@@ -115,21 +116,21 @@ class SessionModels:
         return b"".join(bytes(r["data"]) for r in self.plpy.execute(plan, [name, version]))
 
 
-def _probabilities(models: SessionModels, ref: str, image: bytes) -> tuple[Any, Any, str | None]:
-    """``(classifier, probabilities, None)``, or ``(classifier, None, reason)`` for an image
-    that does not decode (it costs only its own row)."""
+def _decoded(models: SessionModels, ref: str, image: bytes) -> tuple[Any, Any, str | None]:
+    """``(classifier, uint8 1 x C x H x W pixels, None)``, or ``(classifier, None, reason)`` for
+    an image that does not decode (it costs only its own row)."""
     classifier = models.get(ref)
     try:
-        pixels = classifier.spec(bytes(image))
+        return classifier, classifier.spec(bytes(image))[None], None
     except SqlvisionError as exc:
         return classifier, None, str(exc)
-    return classifier, classifier.predict_proba(pixels[None])[0], None
 
 
 def _predict(models: SessionModels, ref: str, image: bytes) -> dict[str, Any]:
-    classifier, probs, reason = _probabilities(models, ref, image)
-    if probs is None:
+    classifier, pixels, reason = _decoded(models, ref, image)
+    if pixels is None:
         return {"label": None, "confidence": None, "error": reason}
+    probs = classifier.predict_proba(pixels)[0]
     best = int(probs.argmax())
     return {"label": classifier.classes[best], "confidence": float(probs[best]), "error": None}
 
@@ -138,21 +139,30 @@ def _predict_topk(models: SessionModels, ref: str, image: bytes, k: int | None =
                   min_prob: float | None = None) -> list[dict[str, Any]] | None:
     from sqlvision.predict.batch import top_k_entries
 
-    classifier, probs, _ = _probabilities(models, ref, image)
-    if probs is None:
+    classifier, pixels, _ = _decoded(models, ref, image)
+    if pixels is None:
         return None
-    return top_k_entries(classifier.classes, probs[None], 5 if k is None else int(k),
-                         float(min_prob or 0.0))[0]
+    return top_k_entries(classifier.classes, classifier.predict_proba(pixels),
+                         5 if k is None else int(k), float(min_prob or 0.0))[0]
 
 
-_SERVER_FUNCTIONS: dict[str, Callable[..., Any]] = {"predict": _predict, "predict_topk": _predict_topk}
+def _embed(models: SessionModels, ref: str, image: bytes) -> list[float] | None:
+    classifier, pixels, _ = _decoded(models, ref, image)
+    if pixels is None:
+        return None  # as DuckDB's embed(): NULL for an image that does not decode
+    vector: list[float] = classifier.embed(pixels)[0].tolist()
+    return vector
+
+
+_SERVER_FUNCTIONS: dict[str, Callable[..., Any]] = {"predict": _predict, "predict_topk": _predict_topk,
+                                                    "embed": _embed}
 
 
 def server_call(plpy: Any, gd: dict[str, Any], models_table: str, parts_table: str,
-                function: str, model: str | None, image: bytes | None, *args: Any) -> str | None:
-    """What the installed ``predict`` and ``predict_topk`` run: the result as JSON text
-    (``jsonb``), NULL for a NULL model or image; a bad model reference is the query's error,
-    with sqlvision's hint."""
+                function: str, model: str | None, image: bytes | None, *args: Any) -> Any:
+    """What the installed functions run: ``predict`` and ``predict_topk`` give JSON text
+    (``jsonb``), ``embed`` a list (``real[]``); NULL for a NULL model or image. A bad model
+    reference is the query's error, with sqlvision's hint."""
     if model is None or image is None:
         return None
     sessions = gd.setdefault("sqlvision", {})
@@ -161,7 +171,8 @@ def server_call(plpy: Any, gd: dict[str, Any], models_table: str, parts_table: s
         if models is None:
             models = sessions[models_table] = SessionModels(plpy, models_table, parts_table)
         value = _SERVER_FUNCTIONS[function](models, model, image, *args)
-        return None if value is None else json.dumps(value)
+        # jsonb results travel as JSON text; embed's real[] as the list itself
+        return value if value is None or function == "embed" else json.dumps(value)
     except SqlvisionError as exc:
         plpy.error(exc.message, hint=exc.hint)  # raises: the query fails with the hint
         raise
@@ -195,6 +206,7 @@ class _Function:
     params: str
     args: str
     comment: str
+    returns: str = "jsonb"
 
 
 _FUNCTIONS = (
@@ -204,6 +216,8 @@ _FUNCTIONS = (
               "DEFAULT 0.0", "model, image, k, min_prob",
               "sqlvision: the K most probable {label, probability} of IMAGE with probability >= "
               "MIN_PROB, most probable first"),
+    _Function("embed", "model text, image bytea", "model, image",
+              "sqlvision: the penultimate-layer vector of IMAGE by MODEL", "real[]"),
 )
 
 
@@ -222,7 +236,7 @@ def function_sql(backend: Any, schema: str, server_path: str) -> list[str]:
         signature = re.sub(r" DEFAULT \S+", "", f.params)
         # PARALLEL UNSAFE (the default): PL/Python's SPI calls open subtransactions, which a
         # parallel query forbids. A query runs in its session's one backend process.
-        statements += [f"CREATE OR REPLACE FUNCTION {name}({f.params}) RETURNS jsonb LANGUAGE "
+        statements += [f"CREATE OR REPLACE FUNCTION {name}({f.params}) RETURNS {f.returns} LANGUAGE "
                        f"plpython3u STABLE AS {literal(body)}",
                        f"COMMENT ON FUNCTION {name}({signature}) IS {literal(f.comment)}"]
     info = qualify(quote_identifier("sv_plpython_info"))
@@ -252,8 +266,8 @@ class InstallReport:
 
     def summary(self) -> str:
         """Lines for the CLI."""
-        return (f"installed predict(model, image) and predict_topk(model, image, k[, min_prob]) in "
-                f"schema {self.schema} of {self.url}\n"
+        return (f"installed predict(model, image), predict_topk(model, image, k[, min_prob]) and "
+                f"embed(model, image) in schema {self.schema} of {self.url}\n"
                 f"the server's Python {self.info.get('python')} runs sqlvision "
                 f"{self.info.get('sqlvision')} and ONNX Runtime {self.info.get('onnxruntime')} from "
                 f"{self.server_path}" + (" (updated from this machine)" if self.synced else ""))
@@ -261,7 +275,8 @@ class InstallReport:
 
 def install_functions(url: str | DatabaseURL | None, server_path: str = DEFAULT_SERVER_PATH,
                       sync: bool | None = None, log: Callable[[str], Any] = print) -> InstallReport:
-    """Create ``predict``/``predict_topk`` in the schema of PostgreSQL ``url`` (see the module doc).
+    """Create ``predict``, ``predict_topk`` and ``embed`` in the schema of PostgreSQL ``url``
+    (see the module doc; functions of those names and arguments there are replaced).
 
     ``sync``: fill ``server_path`` from this machine (copy sqlvision, install its packages at
     this client's versions) — by default when the server is local (socket, localhost); a
