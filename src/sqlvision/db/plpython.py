@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlvision.db.identifiers import quote_identifier
-from sqlvision.db.url import DatabaseURL, parse_url
+from sqlvision.db.url import DatabaseURL, parse_url, redact_text
 from sqlvision.errors import MissingDependencyError, SqlvisionError
 
 #: where the server's Python finds sqlvision and its packages (readable by the server's user)
@@ -382,8 +382,9 @@ def sync_server_path(target: Path, python: str, log: Callable[[str], Any] = prin
     """Copy this sqlvision into ``target`` and install the packages it lacks (pip, wheels for
     the server's ``python`` version), all readable by the server's user."""
     try:
-        target.mkdir(parents=True, exist_ok=True)
-        target.chmod(0o755)
+        if not target.exists():  # an existing directory keeps its own permissions
+            target.mkdir(parents=True)
+            target.chmod(0o755)
         copy_package(target)
     except PermissionError as exc:
         raise SqlvisionError(f"cannot write the server directory {target} ({exc.strerror})",
@@ -403,7 +404,7 @@ def sync_server_path(target: Path, python: str, log: Callable[[str], Any] = prin
                "--python-version", major_minor, *(f"{n}=={v}" for n, v in sorted(wanted.items()))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
-        tail = " ".join(done.stderr.strip().splitlines()[-3:])
+        tail = redact_text(" ".join(done.stderr.strip().splitlines()[-3:]))  # index URLs
         raise SqlvisionError(f"pip could not install the server's packages into {target}: {tail}",
                              "check that this machine reaches the package index, then rerun")
 
