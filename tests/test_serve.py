@@ -329,3 +329,14 @@ def test_tokens_come_from_options_and_the_environment(monkeypatch: pytest.Monkey
     with pytest.raises(SqlvisionError, match="shorter than 8"):
         parse_tokens(["x:short"], env=False)
     assert json.dumps(ServeConfig().batch_limit) == "32"
+
+
+def test_openapi_and_its_docs_page_need_no_network(tmp_path: Path) -> None:
+    with client(f"duckdb:///{tmp_path / 'empty.duckdb'}", tokens={}) as c:
+        spec = c.get("/openapi.json").json()
+        assert "/v1/models/{ref}/predict" in spec["paths"] and "/healthz" in spec["paths"]
+        page = c.get("/docs").text
+        assert "/docs-static/swagger-ui-bundle.js" in page and "cdn" not in page
+        assert c.get("/docs-static/swagger-ui-bundle.js").status_code == 200
+        assert c.get("/v1/tables").json() == [] and c.get("/v1/models").json() == []
+        assert "sqlvision" in c.get("/").text and c.get("/static/app.js").status_code == 200

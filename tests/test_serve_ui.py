@@ -192,3 +192,8 @@ def test_ui_table_filter_image_relabel_review_model_upload(site: tuple[str, Any]
                                headers={"Authorization": f"Bearer {SECRET}",
                                         "Content-Type": "image/jpeg"}).json()
     assert page.get_by_test_id("predicted-label").inner_text() == answer["label"]
+
+    # the OpenAPI page renders from the package's own Swagger UI files
+    page.goto(base + "/docs")
+    expect(page.locator(".swagger-ui .title")).to_contain_text("sqlvision")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()

@@ -32,7 +32,8 @@ def create_app(config: ServeConfig) -> FastAPI:
             await pool.close()
             database.close()
 
-    app = FastAPI(title="sqlvision", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="sqlvision", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="Predictions and a look at the images, predictions and mistakes "
                               "of an sqlvision database.")
     app.state.config, app.state.metrics = config, metrics
@@ -41,5 +42,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(api.health)
     app.include_router(api.api)
     ui.mount(app)
+    ui.mount_docs(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
