@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -184,6 +186,16 @@ def test_a_role_that_is_not_superuser_is_told_why() -> None:
             con.execute(f"DROP SCHEMA IF EXISTS {role} CASCADE")
             con.execute(f"DROP OWNED BY {role}")
             con.execute(f"DROP ROLE {role}")
+
+
+def test_a_server_directory_without_sqlvision_is_named(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty.chmod(0o755)
+    expected = rf"cannot import sqlvision\b.* from {re.escape(str(empty))} \(ModuleNotFoundError"
+    with fresh_database("postgresql", tmp_path) as url, \
+            pytest.raises(sv.SqlvisionError, match=expected):
+        install_functions(url, server_path=str(empty), sync=False)
 
 
 def test_missing_plpython_names_the_package() -> None:

@@ -48,6 +48,8 @@ from sqlvision.errors import MissingDependencyError, SqlvisionError
 DEFAULT_SERVER_PATH = "/usr/local/lib/sqlvision-plpython"
 #: what the server needs beyond sqlvision's core requirements: scoring and the resize path
 INFERENCE_PACKAGES = ("onnxruntime", "opencv-python-headless", "simplejpeg")
+#: what the server's Python must import, checked by ``sv_plpython_info()``
+SERVER_MODULES = ("sqlvision", "onnxruntime", "numpy", "PIL", "cv2")
 _OPTIONAL = {"simplejpeg"}  # a faster JPEG decode giving the same pixels; Pillow otherwise
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 _REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -190,7 +192,7 @@ return server_call(plpy, GD, {models!r}, {parts!r}, {function!r}, {args})
 _INFO = """import json, os
 info = {{"python": "%d.%d.%d" % sys.version_info[:3], "server_path": {path!r},
         "readable": os.access({path!r}, os.R_OK | os.X_OK), "errors": {{}}}}
-for module in ("sqlvision", "onnxruntime", "numpy", "PIL", "cv2"):
+for module in {modules!r}:
     try:
         info[module] = __import__(module).__version__
     except Exception as exc:
@@ -240,8 +242,9 @@ def function_sql(backend: Any, schema: str, server_path: str) -> list[str]:
                        f"plpython3u STABLE AS {literal(body)}",
                        f"COMMENT ON FUNCTION {name}({signature}) IS {literal(f.comment)}"]
     info = qualify(quote_identifier("sv_plpython_info"))
+    info_body = preamble + _INFO.format(path=server_path, modules=SERVER_MODULES)
     statements.append(f"CREATE OR REPLACE FUNCTION {info}() RETURNS jsonb LANGUAGE plpython3u "
-                      f"VOLATILE AS {literal(preamble + _INFO.format(path=server_path))}")
+                      f"VOLATILE AS {literal(info_body)}")
     return statements
 
 
@@ -307,12 +310,13 @@ def install_functions(url: str | DatabaseURL | None, server_path: str = DEFAULT_
     if sync:
         sync_server_path(Path(server_path), info["python"], log)
         info = _server_info(parsed, schema)  # a new session: the imports as a query will see them
-    if info["errors"]:
-        module, error = next(iter(info["errors"].items()))
+    missing = [m for m in SERVER_MODULES if m in info["errors"]]
+    if missing:
         raise SqlvisionError(
-            f"the server's Python {info['python']} cannot import {module} from {server_path} "
-            f"({error})", "run sqlvision install-functions on the server's machine as root, or "
-            f"prepare {server_path} there as docs/plpython.md says")
+            f"the server's Python {info['python']} cannot import {', '.join(missing)} from "
+            f"{server_path} ({info['errors'][missing[0]]})",
+            "run sqlvision install-functions on the server's machine as root, or prepare "
+            f"{server_path} there as docs/plpython.md says")
     return InstallReport(parsed.redacted, schema, server_path, sync, info)
 
 
