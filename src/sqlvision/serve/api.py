@@ -125,7 +125,7 @@ async def predict(request: Request, ref: ModelRef,
                           f"image {i}: {result.message}", result.hint)
         if isinstance(result, BaseException):
             raise result
-    probs = await loaded.batcher.submit(np.stack(results))  # type: ignore[arg-type]
+    probs = await state.pool.score(loaded, np.stack(results))  # type: ignore[arg-type]
     classes = loaded.classifier.classes
     tops = top_k_entries(classes, probs, k, floor)
     predictions = [{"label": classes[int(p.argmax())], "confidence": float(p.max()), "top_k": t}

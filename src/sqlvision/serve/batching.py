@@ -26,6 +26,10 @@ class _Item:
     future: asyncio.Future[np.ndarray]
 
 
+class BatcherClosed(Exception):
+    """The batcher was retired (its model version unloaded): take the version's new one."""
+
+
 class Batcher:
     """Gathers ``N x C x H x W`` uint8 pixel arrays and scores them together with ``score``."""
 
@@ -38,10 +42,13 @@ class Batcher:
         self.slots = asyncio.Semaphore(max(1, concurrency))
         self.observe = observe
         self.running: set[asyncio.Task[None]] = set()
+        self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._gather())
 
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for ``pixels`` (their rows, in order), scored in some batch."""
+        if self.closed:
+            raise BatcherClosed
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait(_Item(pixels, future))
@@ -95,10 +102,13 @@ class Batcher:
             start += n
 
     async def close(self) -> None:
-        """Finish the batches already scoring and those still queued, then stop."""
-        while not self.queue.empty():
+        """Take no more requests; finish those queued and scoring, then stop."""
+        self.closed = True
+        while not self.queue.empty() or self.running:
             await asyncio.sleep(self.max_wait or 0.001)
-        await asyncio.sleep(self.max_wait + 0.001)  # the last gathered batch starts scoring
+            if self.running:
+                await asyncio.gather(*self.running, return_exceptions=True)
+        await asyncio.sleep(self.max_wait + 0.001)  # a batch still gathering starts scoring
         if self.running:
             await asyncio.gather(*self.running, return_exceptions=True)
         self.task.cancel()

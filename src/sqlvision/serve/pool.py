@@ -16,7 +16,7 @@ from sqlvision.models import registry
 from sqlvision.models.bundle import ModelBundle
 from sqlvision.models.runtime import OnnxClassifier, load_classifier
 from sqlvision.parallel import cpu_count
-from sqlvision.serve.batching import Batcher
+from sqlvision.serve.batching import Batcher, BatcherClosed
 from sqlvision.serve.config import ServeConfig
 from sqlvision.serve.database import DatabaseThread
 
@@ -105,6 +105,15 @@ class ModelPool:
                           concurrency=classifier.callers, max_queue=self.config.max_queue,
                           observe=observe)
         return Loaded(bundle, classifier, batcher)
+
+    async def score(self, loaded: Loaded, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities for ``pixels`` from ``loaded``'s batcher; if that version was unloaded
+        meanwhile, from the version loaded again (no request is dropped)."""
+        try:
+            return await loaded.batcher.submit(pixels)
+        except BatcherClosed:
+            again = await self.get(loaded.bundle.name, loaded.bundle.version)
+            return await again.batcher.submit(pixels)
 
     async def close(self) -> None:
         """Finish queued work, then release the sessions and threads."""
