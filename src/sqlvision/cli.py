@@ -358,18 +358,10 @@ def _train_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
+    from sqlvision.train import run_summary
 
-    from sqlvision.train import TrainConfig, run_summary
-
-    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                if hasattr(args, f.name)}
     with _connect(args) as db:
-        result = db.train(args.name, args.table, where=args.where, head=args.head,
-                          checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                          log=lambda line: print(line, flush=True),
-                          progress=False if args.no_progress else None, **_column_kwargs(args),
-                          **settings)
+        result = train_from_args(db, args, log=lambda line: print(line, flush=True))
     print(run_summary(result))
     if result.skipped_unlabeled or result.skipped_unreadable:
         print(f"skipped {result.skipped_unlabeled} unlabeled and {result.skipped_unreadable} "
@@ -377,6 +369,39 @@ def _train(args: argparse.Namespace) -> int:
     if result.curves:
         print(f"training curves: {result.curves}")
     return 0
+
+
+def train_from_args(db: Any, args: argparse.Namespace, log: Callable[[str], None]) -> Any:
+    """Run ``train`` with the options of a parsed ``train`` command line (also what
+    ``CREATE MODEL ... AS SELECT`` runs)."""
+    import dataclasses
+
+    from sqlvision.train import TrainConfig
+
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                if hasattr(args, f.name)}
+    return db.train(args.name, args.table, where=args.where, head=args.head,
+                    checkpoint_dir=args.checkpoint_dir, resume=args.resume, log=log,
+                    progress=False if args.no_progress else None, **_column_kwargs(args),
+                    **settings)
+
+
+def import_from_args(db: Any, args: argparse.Namespace) -> Any:
+    """Run ``models import`` with the options of its parsed command line (also what
+    ``CREATE MODEL ... OPTIONS(model_type='onnx', ...)`` runs)."""
+    return db.import_model(args.name, args.path, labels=args.labels, image_size=args.image_size,
+                           mean=args.mean, std=args.std, grayscale=args.grayscale,
+                           resize=args.resize, resampler=args.resampler)
+
+
+def verb_parser(*path: str) -> argparse.ArgumentParser:
+    """The parser of one verb (``"train"``, ``"models", "import"``), for reading the same
+    options from elsewhere (SQL's OPTIONS) with the same checks and messages."""
+    parser = build_parser()
+    for name in path:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = subparsers.choices[name]
+    return parser
 
 
 def _predict_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
@@ -648,10 +673,7 @@ def _models_export(args: argparse.Namespace) -> int:
 
 def _models_import(args: argparse.Namespace) -> int:
     with _connect(args, create=True) as db:
-        bundle = db.import_model(args.name, args.path, labels=args.labels,
-                                 image_size=args.image_size, mean=args.mean, std=args.std,
-                                 grayscale=args.grayscale, resize=args.resize,
-                                 resampler=args.resampler)
+        bundle = import_from_args(db, args)
     print(f"registered {bundle.ref} ({len(bundle.classes)} classes)")
     return 0
 

@@ -41,10 +41,16 @@ class Database:
         """Run SQL and return its rows (``.arrow()``, ``.df()``, ``.fetchall()``).
 
         ``predict(model, image)``, ``predict_topk(model, image, k[, min_prob])`` and
-        ``embed(model, image)`` work inside the query on DuckDB and SQLite.
+        ``embed(model, image)`` work inside the query on DuckDB and SQLite; ``CREATE MODEL``,
+        ``DROP MODEL`` and ``ML.PREDICT(MODEL m, (SELECT ...))`` and its kin on every engine
+        (see :mod:`sqlvision.mlsql`).
         """
+        from sqlvision import mlsql
         from sqlvision.predict.functions import models_in
 
+        answer = mlsql.run(self, query, params or ())
+        if answer is not None:
+            return Result(answer)
         refs = models_in(query)
         if refs:
             query = self.register_functions(refs, query)

@@ -90,8 +90,6 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
              engine: str = "onnxruntime", progress: bool | None = None) -> Evaluation:
     """Score ``model`` on the labeled rows of ``table`` matching ``where``."""
     require("sklearn", "train")
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
     if table.label is None:
         raise SqlvisionError(f"table {table.name!r} has no label column", "name it with --label-col")
     name, ref_version = registry.parse_ref(model)
@@ -108,13 +106,30 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
         "AND p.source_table = ? AND p.model = ? AND p.model_version = ? "
         "WHERE t.truth IS NOT NULL ORDER BY t.id", [table.name, bundle.name, bundle.version]
     ).to_pylist()
-    classes = list(bundle.classes)
+    evaluation = score_predictions(bundle.ref, list(bundle.classes), rows, table.label_of, k,
+                                   source=table.name, selection=selection, where=where)
+    store(backend, evaluation, bundle.name, bundle.version, where)
+    if report_dir is not None:
+        evaluation.report = write_report(backend, table, evaluation, Path(report_dir))
+    return evaluation
+
+
+def score_predictions(model: str, classes: list[str], rows: list[dict[str, Any]],
+                      label_of: Any, k: int, *, source: str, selection: str = "",
+                      where: str | None = None) -> Evaluation:
+    """Metrics from prediction rows (``truth``, ``predicted``, ``confidence``, ``top_k`` as a
+    list or JSON text); ``label_of`` turns a stored label into a class name. Rows whose label
+    the model does not know, or that did not decode, are counted and left out."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     known = set(classes)
     undecodable = sum(1 for r in rows if r["predicted"] is None)
     unknown: dict[str, int] = {}
     scored = []
     for r in rows:
-        label = str(table.label_of(r["truth"]))
+        if r["truth"] is None:
+            continue
+        label = str(label_of(r["truth"]))
         if label not in known:
             unknown[label] = unknown.get(label, 0) + 1
         elif r["predicted"] is not None:
@@ -122,19 +137,19 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
     if not scored:
         if unknown:
             raise SqlvisionError(
-                f"none of the labels of {table.name} are classes of {bundle.ref} "
+                f"none of the labels of {source} are classes of {model} "
                 f"(table: {sorted(unknown)[:5]}, model: {classes[:5]})",
                 "evaluate on a table labeled with the model's classes, or map labels first")
-        raise SqlvisionError(f"no labeled, decodable rows in {table.name}"
+        raise SqlvisionError(f"no labeled, decodable rows in {source}"
                              + (f" matching {where!r}" if where else ""), "check --where and labels")
     truth = [r["truth"] for r in scored]
     predicted = [r["predicted"] for r in scored]
-    top_hits = [r["truth"] in [e["label"] for e in json.loads(r["top_k"] or "[]")[:k]] for r in scored]
+    top_hits = [r["truth"] in [e["label"] for e in _entries(r["top_k"])[:k]] for r in scored]
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=classes, zero_division=0)
     matrix = confusion_matrix(truth, predicted, labels=classes)
-    evaluation = Evaluation(
-        model=bundle.ref, table=table.name, classes=classes, rows=len(scored),
+    return Evaluation(
+        model=model, table=source, classes=classes, rows=len(scored),
         accuracy=float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)])),
         top_k_accuracy=float(np.mean(top_hits)), k=k,
         per_class=[{"label": c, "precision": float(p), "recall": float(r), "f1": float(f),
@@ -144,10 +159,13 @@ def evaluate(backend: Backend, model: str, table: ImageTable, *, where: str | No
         unknown_labels=unknown, selection=selection,
         mistakes=sorted((r for r in scored if r["truth"] != r["predicted"]),
                         key=lambda r: -r["confidence"])[:16])
-    store(backend, evaluation, bundle.name, bundle.version, where)
-    if report_dir is not None:
-        evaluation.report = write_report(backend, table, evaluation, Path(report_dir))
-    return evaluation
+
+
+def _entries(top_k: Any) -> list[dict[str, Any]]:
+    """A top-k list stored as JSON text, or given as a list."""
+    if top_k is None:
+        return []
+    return json.loads(top_k) if isinstance(top_k, str | bytes) else list(top_k)
 
 
 def held_out_rows(backend: Backend, table: ImageTable, where: str | None

@@ -118,6 +118,8 @@ class Backend(ABC):
     """One database engine. Subclasses register URL schemes in :mod:`sqlvision.db`."""
 
     dialect: ClassVar[str]
+    #: sqlglot's name for this engine's SQL (to read users' statements as the engine would)
+    sqlglot_dialect: ClassVar[str]
     quote_char: ClassVar[str] = '"'
     #: the engine's identifier limit in UTF-8 bytes, where it counts bytes (PostgreSQL)
     max_identifier_bytes: ClassVar[int | None] = None

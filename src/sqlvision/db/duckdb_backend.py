@@ -58,6 +58,7 @@ class DuckDBBackend(InformationSchemaBackend):
     """A DuckDB database file (or ``:memory:``)."""
 
     dialect = "duckdb"
+    sqlglot_dialect = "duckdb"
     current_schema_sql = "table_schema = current_schema() AND table_catalog = current_database()"
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "BIGINT",

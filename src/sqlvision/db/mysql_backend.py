@@ -61,6 +61,7 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
     """A MariaDB (or MySQL) database."""
 
     dialect = "mysql"
+    sqlglot_dialect = "mysql"
     current_schema_sql = "table_schema = DATABASE()"
     quote_char = "`"
     connection_errors = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
@@ -232,3 +233,10 @@ class MySQLBackend(ServerBackend, InformationSchemaBackend):
             f"UPDATE {t} JOIN {self.quote(source)} AS s "
             f"ON s.{self.quote_column(source_key)} = {t}.{self.quote_column(target_key)} "
             f"SET {sets} WHERE {where}", params)
+
+    def json_top_k(self, expression: str, k: int, min_prob: float) -> str:
+        return ("COALESCE((SELECT JSON_ARRAYAGG(JSON_OBJECT('label', j.label, 'probability', "
+                f"j.probability) ORDER BY j.n) FROM JSON_TABLE({expression}, '$[*]' COLUMNS("
+                "n FOR ORDINALITY, label TEXT PATH '$.label', probability DOUBLE PATH "
+                f"'$.probability')) AS j WHERE j.n <= {int(k)} AND j.probability >= "
+                f"{float(min_prob)!r}), JSON_ARRAY())")

@@ -41,6 +41,7 @@ class PostgresBackend(ServerBackend):
     """A PostgreSQL database (one schema of it with ``?schema=``)."""
 
     dialect = "postgresql"
+    sqlglot_dialect = "postgres"
     connection_errors = (psycopg.OperationalError, psycopg.InterfaceError)
     integrity_errors = (psycopg.IntegrityError,)
     max_identifier_bytes = 63  # NAMEDATALEN - 1: longer names are cut without an error

@@ -26,6 +26,7 @@ class SQLiteBackend(Backend):
     """A SQLite database file (or ``:memory:``)."""
 
     dialect = "sqlite"
+    sqlglot_dialect = "sqlite"
     type_names: ClassVar[dict[str, str]] = {
         "bigint": "INTEGER",
         "int": "INTEGER",
