@@ -345,3 +345,14 @@ def test_openapi_and_its_docs_page_need_no_network(tmp_path: Path) -> None:
         assert c.get("/docs-static/swagger-ui-bundle.js").status_code == 200
         assert c.get("/v1/tables").json() == [] and c.get("/v1/models").json() == []
         assert "sqlvision" in c.get("/").text and c.get("/static/app.js").status_code == 200
+
+
+def test_thumbnail_cache_is_bounded_by_bytes() -> None:
+    from sqlvision.serve.thumbnails import ByteCache
+
+    cache = ByteCache(10)
+    for key in "abc":
+        cache.put(key, b"xxxx")
+    assert cache.get("a") is None and cache.get("b") == b"xxxx" and cache.size == 8
+    cache.put("d", b"yyyy")  # "c" is now the least recently used
+    assert cache.get("c") is None and cache.get("b") == b"xxxx" and cache.size == 8

@@ -4,8 +4,6 @@ models and evaluations, the review queue and relabeling; health, readiness and m
 from __future__ import annotations
 
 import asyncio
-import io
-from collections import OrderedDict
 from typing import Annotated, Any
 
 import numpy as np
@@ -16,11 +14,10 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from sqlvision import __version__
 from sqlvision.errors import ImageError
-from sqlvision.imaging import decode
 from sqlvision.imaging.probe import probe
 from sqlvision.models import registry
 from sqlvision.predict.batch import top_k_entries
-from sqlvision.serve import queries, review
+from sqlvision.serve import queries, review, thumbnails
 from sqlvision.serve.auth import read_access, write_access
 from sqlvision.serve.inputs import REQUEST_BODY, check_image, number, read_upload
 from sqlvision.serve.problems import Problem
@@ -239,24 +236,13 @@ async def thumbnail(request: Request, table: TableName, image_id: ImageId,
     """The image shrunk to fit ``size`` x ``size`` (kept in a bounded cache)."""
     state = _state(request)
     key = (table, image_id, size)
-    cache: OrderedDict[Any, bytes] = state.thumbnails
-    data = cache.get(key)
+    data = state.thumbnails.get(key)
     if data is None:
         raw = await state.database.call(queries.image_data, table, image_id)
         data = await asyncio.get_running_loop().run_in_executor(
-            state.pool.decoders, _thumbnail, raw, size, state.config.max_pixels)
-        cache[key] = data
-        while len(cache) > 2048:
-            cache.popitem(last=False)
+            state.pool.decoders, thumbnails.thumbnail, raw, size, state.config.max_pixels)
+        state.thumbnails.put(key, data)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
-
-
-def _thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
-    img = decode(data, "RGB", max_pixels=max_pixels, draft=(size, size))
-    img.thumbnail((size, size))
-    out = io.BytesIO()
-    img.save(out, format="JPEG", quality=85)
-    return out.getvalue()
 
 
 # -- review -------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ lifetime; errors become problem details; the UI is served beside the API."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +14,7 @@ from sqlvision.serve.config import ServeConfig
 from sqlvision.serve.database import DatabaseThread
 from sqlvision.serve.metrics import Metrics, MetricsMiddleware
 from sqlvision.serve.pool import ModelPool
+from sqlvision.serve.thumbnails import ByteCache
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -37,7 +37,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                   description="Predictions and a look at the images, predictions and mistakes "
                               "of an sqlvision database.")
     app.state.config, app.state.metrics = config, metrics
-    app.state.thumbnails = OrderedDict()
+    app.state.thumbnails = ByteCache(config.thumbnail_cache_bytes)
     problems.install(app, config.db)
     app.include_router(api.health)
     app.include_router(api.api)

@@ -33,8 +33,9 @@ class ServeConfig:
     max_wait_ms: float = 4.0
     batching: bool = True
     refresh_seconds: float = 1.0
-    max_queue: int = 4096
+    max_queue: int = 512
     loaded_versions: int = 4
+    thumbnail_cache_bytes: int = 32 * 2**20
 
     def __post_init__(self) -> None:
         for name, value in (("max_upload_bytes", self.max_upload_bytes), ("max_images", self.max_images),

@@ -66,9 +66,9 @@ class ModelPool:
         if known is not None and now - known[1] < self.config.refresh_seconds:
             return known[0]
         version = await self.database.call(_latest_version, name)
-        if version is None:
-            await self.database.call(_load, name, None)  # raises "not found" with the list
-            raise AssertionError("unreachable")
+        if version is None:  # not found: loading says so, with the models there are
+            version = (await self.database.call(_load, name, None)).version
+            assert version is not None
         self.latest[name] = (version, now)
         return version
 
