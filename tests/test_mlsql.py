@@ -240,3 +240,28 @@ def test_the_cli_runs_ml_statements(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["sql", "SELECT * FROM ML.PREDICT(MODEL nothere, (SELECT id, data FROM fashion))",
                  "--db", url]) == 1
     assert "nothere" in capsys.readouterr().err
+
+
+def test_bigquery_walkthrough_runs_in_sql_only(tmp_path: Path, shared_data: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "bigquery_style" / "walkthrough.sql"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").symlink_to(shared_data / "clothing-small" / "validation")
+    source = ["--db", "model-source.duckdb"]
+    assert main(["models", "pretrained", *source]) == 0
+    assert main(["models", "export", "imagenet", "--onnx", "--out", "imagenet.onnx",
+                 "--labels", "imagenet-labels.txt", *source]) == 0
+    capsys.readouterr()
+    assert main(["sql", "--db", "bq.duckdb", "--file", str(script), "--format", "json"]) == 0
+    results = [json.loads(part[part.index("\n") + 1:])
+               for part in capsys.readouterr().out.split("-- ")[1:]]
+    assert results[0] == [{"table": "photos", "added": 341, "updated": 0, "missing": 0,
+                           "skipped": 0}]
+    assert len(results[1]) == 3 and all(r["label"] == "shoes" for r in results[1])
+    top5 = [r["score"] for r in results[5]]
+    assert len(top5) == 5 and top5 == sorted(top5, reverse=True)
+    assert results[5][0]["label"] == results[4][0]["predicted_label"]
+    joined = {r["category"]: r for r in results[-1]}
+    assert len(joined) == 10 and joined["pants"]["washing"] == "40 C"
+    assert joined["pants"]["predicted_label"] == "jean, blue jean, denim"

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlvision import __version__
@@ -121,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_ingest)
 
     p = verbs.add_parser("sql", parents=[common], help="run SQL and print the result",
-                         description="Run a SQL query against the database and print the rows.")
-    p.add_argument("query", metavar="QUERY", help="the SQL text")
+                         description="Run a SQL query (or a file of statements separated by ;) "
+                                     "against the database and print the rows. Besides the "
+                                     "engine's own SQL: CREATE MODEL, DROP MODEL, CREATE EXTERNAL "
+                                     "TABLE and ML.PREDICT, ML.EVALUATE, ML.CONFUSION_MATRIX, "
+                                     "ML.EMBED, ML.MODELS (docs/sql.md).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("query", metavar="QUERY", nargs="?", help="the SQL text")
+    source.add_argument("--file", "-f", metavar="PATH",
+                        help="run the statements of this file in order, printing each result")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="table (default), csv, or json (an array of row objects)")
     p.add_argument("--max-rows", type=int, default=100, metavar="N",
@@ -549,6 +557,9 @@ def _models_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("ref", metavar="NAME[:VERSION]", help="model (default: its latest version)")
     s.add_argument("--out", required=True, metavar="PATH", help="bundle file (.svmodel)")
     s.add_argument("--onnx", action="store_true", help="write only the ONNX graph")
+    s.add_argument("--labels", metavar="PATH",
+                   help="also write the class names, one per line (what models import --labels "
+                        "reads)")
     s.set_defaults(func=_models_export)
     s = sub.add_parser("import", parents=[common], help="register a bundle or an ONNX classifier",
                        description="Register a .svmodel bundle, or an external ONNX classifier "
@@ -655,8 +666,6 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _models_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sqlvision.models.registry import parse_ref
 
     name, version = parse_ref(args.ref)
@@ -668,6 +677,9 @@ def _models_export(args: argparse.Namespace) -> int:
     else:
         path = bundle.write(args.out)
     print(f"wrote {bundle.ref} to {path}")
+    if args.labels:
+        Path(args.labels).write_text("".join(f"{c}\n" for c in bundle.classes), encoding="utf-8")
+        print(f"wrote its {len(bundle.classes)} class names to {args.labels}")
     return 0
 
 
@@ -758,16 +770,21 @@ def _connect(args: argparse.Namespace, create: bool = False) -> Any:
     return connect(args.db)
 
 
-def _ingest(args: argparse.Namespace) -> int:
+def ingest_from_args(db: Any, args: argparse.Namespace) -> Any:
+    """Run ``ingest`` with the options of a parsed ``ingest`` command line (also what
+    ``CREATE EXTERNAL TABLE ... OPTIONS(uris=[...])`` runs)."""
     from sqlvision.ingest import DEFAULT_MAX_BYTES
 
+    return db.ingest(args.table, *args.sources, labels=args.labels, split=args.split,
+                     seed=args.seed, reference=args.reference, refresh=args.refresh,
+                     resplit=args.resplit, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
+                     check=args.check, workers=args.workers, batch_rows=args.batch_rows,
+                     progress=False if args.no_progress else None)
+
+
+def _ingest(args: argparse.Namespace) -> int:
     with _connect(args, create=True) as db:
-        report = db.ingest(args.table, *args.sources, labels=args.labels, split=args.split,
-                           seed=args.seed, reference=args.reference, refresh=args.refresh,
-                           resplit=args.resplit, max_bytes=args.max_bytes or DEFAULT_MAX_BYTES,
-                           check=args.check,
-                           workers=args.workers, batch_rows=args.batch_rows,
-                           progress=False if args.no_progress else None)
+        report = ingest_from_args(db, args)
     print(report.summary())
     print_ingest_errors(report)
     return 0
@@ -786,17 +803,33 @@ def print_ingest_errors(report: Any, limit: int = 5) -> None:
 
 
 def _sql(args: argparse.Namespace) -> int:
+    if args.file is None:
+        # a statement that writes may start a new database file; a query must find one
+        writes = not args.query.lstrip().upper().startswith(("SELECT", "WITH", "SHOW", "DESCRIBE"))
+        with _connect(args, create=writes) as db:
+            _print_result(db.sql(args.query).arrow(), args)
+        return 0
+    from sqlvision.mlsql.parse import split_statements
+
+    text = Path(args.file).read_text(encoding="utf-8")
+    with _connect(args, create=True) as db:
+        for line, statement in split_statements(text, db.backend.sqlglot_dialect):
+            first = " ".join(statement.split())
+            print(f"-- {args.file}:{line}: {first[:100]}{'...' if len(first) > 100 else ''}",
+                  flush=True)
+            _print_result(db.sql(statement).arrow(), args)
+    return 0
+
+
+def _print_result(table: Any, args: argparse.Namespace) -> None:
     from sqlvision.result import format_table, to_csv, to_json
 
-    with _connect(args) as db:
-        table = db.sql(args.query).arrow()
     if args.format == "json":
         print(to_json(table))
     elif args.format == "csv":
         sys.stdout.write(to_csv(table))
     elif table.num_columns:
         print(format_table(table, max_rows=args.max_rows or None))
-    return 0
 
 
 def _stats(args: argparse.Namespace) -> int:

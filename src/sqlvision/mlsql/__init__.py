@@ -1,4 +1,5 @@
-"""Machine learning in SQL, on every engine: ``CREATE MODEL``, ``DROP MODEL`` and the
+"""Machine learning in SQL, on every engine: ``CREATE MODEL``, ``DROP MODEL``,
+``CREATE EXTERNAL TABLE`` (a table of file references) and the
 ``ML.PREDICT`` / ``ML.EVALUATE`` / ``ML.CONFUSION_MATRIX`` / ``ML.EMBED`` / ``ML.MODELS``
 table functions, in BigQuery's spelling. :func:`run` is what ``Database.sql`` and
 ``sqlvision sql`` call; statements without them pass through untouched.
@@ -12,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from sqlvision.errors import SqlvisionError
-from sqlvision.mlsql.parse import CreateModel, DropModel, find_calls, parse_statement
+from sqlvision.mlsql.parse import CreateExternalTable, CreateModel, DropModel, find_calls, parse_statement
 
 if TYPE_CHECKING:
     from sqlvision.connection import Database
 
-_MARKERS = ("model", "ml.")
+_MARKERS = ("model", "ml.", "external")
 
 
 def mentions_ml(sql: str) -> bool:
@@ -48,12 +49,17 @@ def run(db: Database, sql: str, params: Sequence[Any] = ()) -> pa.Table | None:
         return None
     statement = parse_statement(sql, db.backend.sqlglot_dialect)
     if statement is not None and params:
-        raise SqlvisionError("CREATE MODEL and DROP MODEL take no parameters",
+        raise SqlvisionError("CREATE MODEL, CREATE EXTERNAL TABLE and DROP MODEL take no "
+                             "parameters",
                              "write the values into the statement")
     if isinstance(statement, CreateModel):
         from sqlvision.mlsql.create import create_model
 
         return create_model(db, statement)
+    if isinstance(statement, CreateExternalTable):
+        from sqlvision.mlsql.create import create_external_table
+
+        return create_external_table(db, statement)
     if isinstance(statement, DropModel):
         from sqlvision.mlsql.create import drop_model
 

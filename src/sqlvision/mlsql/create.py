@@ -1,4 +1,5 @@
-"""``CREATE MODEL`` and ``DROP MODEL``: ``train``, ``models import`` and ``models delete`` in SQL.
+"""``CREATE MODEL``, ``DROP MODEL`` and ``CREATE EXTERNAL TABLE``: ``train``, ``models import``,
+``models delete`` and ``ingest --reference`` in SQL.
 
 OPTIONS are the command line's options (``epochs=5`` is ``--epochs 5``, ``from='m'`` is
 ``--from m``, ``pretrained=false`` is ``--no-pretrained``), read by the very parser of the verb,
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from sqlvision.errors import SqlvisionError
-from sqlvision.mlsql.parse import CreateModel, DropModel, tokenize
+from sqlvision.mlsql.parse import CreateExternalTable, CreateModel, DropModel, tokenize
 from sqlvision.models import registry
 
 if TYPE_CHECKING:
@@ -187,3 +188,34 @@ def drop_model(db: Database, statement: DropModel) -> pa.Table:
             raise
         dropped = 0
     return pa.table({"model": [name], "versions_dropped": [dropped]})
+
+
+def create_external_table(db: Database, statement: CreateExternalTable) -> pa.Table:
+    """Ingest the ``uris`` (files, folders, globs, object-store URIs) as references: uri and
+    metadata stored, bytes read when needed. ``OR REPLACE`` re-reads changed files and flags
+    missing ones; ``object_metadata='SIMPLE'`` (BigQuery's) is what is stored."""
+    options = dict(statement.options)
+    uris = options.pop("uris", None)
+    if isinstance(uris, str):
+        uris = [uris]
+    if not uris or not all(isinstance(u, str) for u in uris):
+        raise SqlvisionError("CREATE EXTERNAL TABLE needs uris", "OPTIONS(uris=['photos/*.jpg'])")
+    metadata = str(options.pop("object_metadata", "SIMPLE")).upper()
+    if metadata != "SIMPLE":
+        raise SqlvisionError(f"object_metadata {metadata!r} is not supported", "object_metadata='SIMPLE'")
+    if "reference" in options or "refresh" in options:
+        raise SqlvisionError("an external table always holds references; OR REPLACE refreshes it",
+                             "leave reference and refresh out")
+    if db.backend.table_exists(statement.name) and not statement.replace:
+        raise SqlvisionError(f"table {statement.name!r} exists",
+                             "CREATE OR REPLACE EXTERNAL TABLE re-reads its files")
+    from sqlvision.cli import ingest_from_args, verb_parser
+
+    argv = [statement.name, *uris, "--reference", "--no-progress",
+            *option_arguments(verb_parser("ingest"), options)]
+    if statement.replace:
+        argv.append("--refresh")
+    report = ingest_from_args(db, parse_options(("ingest",), argv))
+    return pa.table({"table": [statement.name], "added": [report.added],
+                     "updated": [report.updated], "missing": [report.missing],
+                     "skipped": [report.skipped]})

@@ -5,6 +5,7 @@ engine as written, so each engine's own syntax works there. Recognized, case-ins
 
 - ``CREATE [OR REPLACE] MODEL [IF NOT EXISTS] name OPTIONS(key=value, ...) [AS SELECT ...]``
 - ``DROP MODEL [IF EXISTS] name[:version]``
+- ``CREATE [OR REPLACE] EXTERNAL TABLE name [WITH CONNECTION c] OPTIONS(uris=[...], ...)``
 - ``ML.PREDICT | ML.EVALUATE | ML.CONFUSION_MATRIX | ML.EMBED (MODEL name[:version],
   (SELECT ...) | TABLE t [, STRUCT(value AS name, ...)])`` and ``ML.MODELS`` as table references.
 
@@ -45,6 +46,15 @@ class CreateModel:
     query: str | None
     replace: bool = False
     if_not_exists: bool = False
+
+
+@dataclass
+class CreateExternalTable:
+    """``CREATE EXTERNAL TABLE name OPTIONS(uris=[...])``: a table of references to files."""
+
+    name: str
+    options: dict[str, Any]
+    replace: bool = False
 
 
 @dataclass
@@ -231,12 +241,22 @@ def _struct(reader: _Reader) -> dict[str, Any]:
     return options
 
 
-def parse_statement(sql: str, dialect: str) -> CreateModel | DropModel | None:
-    """The ``CREATE MODEL`` or ``DROP MODEL`` statement ``sql`` is, else ``None``."""
+def parse_statement(sql: str, dialect: str) -> CreateModel | CreateExternalTable | DropModel | None:
+    """The ``CREATE MODEL``, ``CREATE EXTERNAL TABLE`` or ``DROP MODEL`` statement ``sql`` is,
+    else ``None``."""
     tokens = tokenize(sql, dialect)
     reader = _Reader(sql, tokens)
     if reader.accept("CREATE"):
         replace = reader.accept("OR", "REPLACE")
+        if reader.accept("EXTERNAL", "TABLE"):
+            name = reader.name("a table name", "WITH", "OPTIONS")
+            if reader.accept("WITH", "CONNECTION"):  # BigQuery's; files are read from here
+                reader.text_until("OPTIONS")
+            if not reader.accept("OPTIONS"):
+                reader.fail("expected OPTIONS(uris=[...])")
+            options = _options(reader)
+            _end(reader)
+            return CreateExternalTable(name, options, replace)
         if not reader.accept("MODEL"):
             return None
         if_not_exists = reader.accept("IF", "NOT", "EXISTS")
@@ -312,3 +332,23 @@ def _arguments(reader: _Reader, call: Call) -> None:
             reader.fail("expected STRUCT(value AS name, ...) for the options")
         call.options = _struct(reader)
     reader.expect("R_PAREN", f") closing ML.{call.kind}")
+
+
+def split_statements(sql: str, dialect: str) -> list[tuple[int, str]]:
+    """The statements of a script, split at top-level semicolons, with their first line."""
+    statements: list[tuple[int, str]] = []
+    start = 0
+    depth = 0
+    for token in [*tokenize(sql, dialect), None]:
+        kind = token.token_type.name if token is not None else "SEMICOLON"
+        depth += kind == "L_PAREN"
+        depth -= kind == "R_PAREN" and depth > 0
+        if kind != "SEMICOLON" or depth:
+            continue
+        end = token.start if token is not None else len(sql)
+        tokens = tokenize(sql[start:end], dialect)
+        if tokens:  # not only comments: from the first token on
+            offset = start + tokens[0].start
+            statements.append((sql.count("\n", 0, offset) + 1, sql[offset:end].strip()))
+        start = end + 1
+    return statements
