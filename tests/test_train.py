@@ -276,3 +276,20 @@ def test_model_names_follow_one_rule(tmp_path: Path, name: str, monkeypatch: pyt
             db.train(name, "fashion", where=SUBSET, epochs=1, progress=False, **FAST)
         assert list(work.iterdir()) == []  # no checkpoint written anywhere
         assert not db.backend.table_exists("sv_models")
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 8, 9])
+def test_every_schedule_runs_however_few_the_steps(steps: int) -> None:
+    import torch
+
+    from sqlvision.train.config import SCHEDULES, TrainConfig
+    from sqlvision.train.optim import build_schedule
+
+    for schedule in SCHEDULES:
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        scheduler = build_schedule(TrainConfig(schedule=schedule), optimizer, steps)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+        assert optimizer.param_groups[0]["lr"] >= 0.0

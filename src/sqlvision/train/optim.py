@@ -42,16 +42,22 @@ def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> Any:
     return torch.optim.AdamW(groups, weight_decay=wd)
 
 
+MIN_ONECYCLE_STEPS = 8  # 25% warm-up: at least two steps up, the rest down
+
+
 def build_schedule(config: TrainConfig, optimizer: Any, total_steps: int) -> Any:
-    """The ``--schedule`` over ``total_steps`` optimizer steps (each group peaks at its own lr)."""
+    """The ``--schedule`` over ``total_steps`` optimizer steps (each group peaks at its own lr).
+
+    One-cycle needs a warm-up and a decay phase of at least one step each: a run shorter than
+    :data:`MIN_ONECYCLE_STEPS` steps (a few images, large batches) decays by cosine instead."""
     import torch
 
     total = max(1, total_steps)
     peaks = [g["lr"] for g in optimizer.param_groups]
-    if config.schedule == "onecycle":
+    if config.schedule == "onecycle" and total >= MIN_ONECYCLE_STEPS:
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total,
                                                    pct_start=0.25)
-    if config.schedule == "cosine":
+    if config.schedule in ("cosine", "onecycle"):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
