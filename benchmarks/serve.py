@@ -1,19 +1,20 @@
 """The prediction service against batch ``predict``: the same model and images, in one run.
 
     python benchmarks/serve.py [--rows 400] [--arch mobilenetv3_large_100] [--clients 32]
-                               [--seconds 10] [--repeat 2] [--max-batch 32]
+                               [--seconds 10] [--repeat 2] [--max-batch default,32]
 
 On clothing-small JPEGs (../shared/data/clothing-small/train) in a fresh DuckDB file, with a
 randomly initialized timm model at 224 px (weights do not change the cost), round-robin, best of
 ``--repeat`` rounds:
 - batch predict: ``Database.predict`` of every row (recomputed), end to end, images/s;
-- the service (``sqlvision serve`` in its own process, on loopback), dynamic batching on and
-  off: ``--clients`` concurrent clients posting one JPEG each (raw bytes) for ``--seconds``
-  (at most ``--max-requests``), images/s; then an open-loop load at half that rate for as long,
-  its p50/p99 latency; errors (any answer but 200); the server's resident memory after warmup and
-  after the run (flat memory); the mean batch size from its Prometheus metrics.
-The client runs in this process, on the same cores as the server: the service's figures include
-the cost of the load generator.
+- the service (``sqlvision serve`` in its own process, on loopback), with dynamic batching at
+  each ``--max-batch`` setting and with batching off: ``--clients`` concurrent clients posting
+  one JPEG each (raw bytes) for ``--seconds`` (at most ``--max-requests``), images/s; then an
+  open-loop load at half that rate for as long, its p50/p99 latency; errors (any answer but
+  200); the server's resident memory after a warmup at full load and after the run (flat
+  memory); the mean batch size from its Prometheus metrics.
+The load generator (a minimal HTTP/1.1 client on asyncio streams) runs in this process, on the
+same cores as the server: the service's figures include its cost.
 """
 
 from __future__ import annotations
@@ -88,11 +89,11 @@ def rss_mib(pid: int) -> float:
 class Service:
     """``sqlvision serve`` in a subprocess."""
 
-    def __init__(self, url: str, batching: bool, options: list[str]) -> None:
+    def __init__(self, url: str, options: list[str]) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "sqlvision.cli", "serve", "--db", url, "--port", str(self.port)]
-        self.proc = subprocess.Popen(argv + options + ([] if batching else ["--no-batching"]),
+        self.proc = subprocess.Popen(argv + options,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def __enter__(self) -> Service:
@@ -118,53 +119,91 @@ class Service:
         return values.get("sqlvision_batch_size_sum", 0) / count
 
 
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams: the load generator shares the
+    cores with the server, so it should cost as little as possible (httpx costs several times
+    more per request)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, base: str) -> Connection:
+        host, port = base.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, path: str, body: bytes) -> int:
+        """POST ``body`` as a JPEG; the answer's status (its body is read and dropped)."""
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: image/jpeg\r\n"
+                          b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body)
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await self.reader.readexactly(length)
+        return int(head.split(b" ", 2)[1])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+PATH = "/v1/models/bench/predict"
+
+
 async def closed_loop(base: str, images: list[bytes], clients: int, seconds: float,
                       limit: int) -> tuple[float, int, int]:
     """``clients`` clients posting back to back: (images/s, answered, errors)."""
-    url = base + "/v1/models/bench/predict"
-    done = errors = 0
-    sent = 0
+    done = errors = sent = 0
+    connections = [await Connection.open(base) for _ in range(clients)]
     stop = time.perf_counter() + seconds
 
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients), timeout=60) as c:
-        async def client() -> None:
-            nonlocal done, errors, sent
-            while time.perf_counter() < stop and sent < limit:
-                data = images[sent % len(images)]
-                sent += 1
-                r = await c.post(url, content=data, headers={"Content-Type": "image/jpeg"})
-                done += 1
-                errors += r.status_code != 200
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        return done / (time.perf_counter() - started), done, errors
+    async def client(connection: Connection) -> None:
+        nonlocal done, errors, sent
+        while time.perf_counter() < stop and sent < limit:
+            data = images[sent % len(images)]
+            sent += 1
+            status = await connection.post(PATH, data)
+            done += 1
+            errors += status != 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    rate = done / (time.perf_counter() - started)
+    for c in connections:
+        c.close()
+    return rate, done, errors
 
 
 async def open_loop(base: str, images: list[bytes], rate: float, seconds: float,
                     limit: int) -> tuple[list[float], int]:
     """Requests sent at ``rate`` per second whatever the answers: (latencies, errors)."""
-    url = base + "/v1/models/bench/predict"
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=60) as c:
-        async def one(data: bytes) -> None:
-            nonlocal errors
-            started = time.perf_counter()
-            r = await c.post(url, content=data, headers={"Content-Type": "image/jpeg"})
-            latencies.append(time.perf_counter() - started)
-            errors += r.status_code != 200
-        tasks = []
-        start = time.perf_counter()
-        n = min(limit, int(rate * seconds))
-        for i in range(n):
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.ensure_future(one(images[i % len(images)])))
-        await asyncio.gather(*tasks)
+    idle: list[Connection] = []
+
+    async def one(data: bytes) -> None:
+        nonlocal errors
+        connection = idle.pop() if idle else await Connection.open(base)
+        started = time.perf_counter()
+        status = await connection.post(PATH, data)
+        latencies.append(time.perf_counter() - started)
+        errors += status != 200
+        idle.append(connection)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(min(limit, int(rate * seconds))):
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(images[i % len(images)])))
+    await asyncio.gather(*tasks)
+    for c in idle:
+        c.close()
     return latencies, errors
 
 
-def serve_round(url: str, images: list[bytes], batching: bool, args: argparse.Namespace) -> dict[str, Any]:
-    with Service(url, batching, ["--max-batch", str(args.max_batch)]) as service:
+def serve_round(url: str, images: list[bytes], options: list[str],
+                args: argparse.Namespace) -> dict[str, Any]:
+    with Service(url, options) as service:
         # warm, at full load: model loaded, thread pools and ONNX Runtime's arena at their size
         asyncio.run(closed_loop(service.base, images, args.clients, 2.0, args.max_requests))
         before = rss_mib(service.proc.pid)
@@ -188,29 +227,34 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--max-batch", type=int, default=32, help="the service's --max-batch")
+    parser.add_argument("--max-batch", default="default,32",
+                        help="the service's --max-batch settings to compare, comma-separated "
+                             "('default': the engine's own)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("SQLVISION_BENCH_DIR")) as tmp:
         url, images = prepare(Path(tmp), args.rows, args.arch)
+        contenders = {f"serve, dynamic batching, --max-batch {m}": ([] if m == "default" else
+                                                                    ["--max-batch", m])
+                      for m in args.max_batch.split(",")}
+        contenders["serve, batching off"] = ["--no-batching"]
         batch: list[float] = []
-        served: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+        served: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for _ in range(args.repeat):
             batch.append(batch_predict(url))
-            for batching in (True, False):
-                served[batching].append(serve_round(url, images, batching, args))
+            for name, options in contenders.items():
+                served[name].append(serve_round(url, images, options, args))
     best = max(batch)
     print(f"{args.rows} clothing-small JPEGs, {args.arch} at 224 px, {os.cpu_count()} cores, "
-          f"{args.clients} clients, {args.seconds:g} s per phase, --max-batch {args.max_batch}, "
-          f"best of {args.repeat}")
+          f"{args.clients} clients, {args.seconds:g} s per phase, best of {args.repeat}")
     print("| contender | images/s | vs batch predict | p50 ms at half load | p99 ms | errors | "
           "mean batch | server RSS MiB (warm -> end) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| batch predict | {best:,.0f} | 1.00 | | | | | |")
-    for batching, label in ((True, "serve, dynamic batching"), (False, "serve, batching off")):
-        r = max(served[batching], key=lambda x: x["rate"])
-        errors = sum(x["errors"] for x in served[batching])
-        print(f"| {label} | {r['rate']:,.0f} | {r['rate'] / best:.2f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-              f"{errors} of {sum(x['requests'] for x in served[batching]):,} | {r['batch']:.1f} | "
+    for name, rounds in served.items():
+        r = max(rounds, key=lambda x: x["rate"])
+        errors = sum(x["errors"] for x in rounds)
+        print(f"| {name} | {r['rate']:,.0f} | {r['rate'] / best:.2f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+              f"{errors} of {sum(x['requests'] for x in rounds):,} | {r['batch']:.1f} | "
               f"{r['rss_before']:.0f} -> {r['rss_after']:.0f} |")
 
 

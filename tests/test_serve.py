@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,7 +332,8 @@ def test_tokens_come_from_options_and_the_environment(monkeypatch: pytest.Monkey
     assert parse_tokens([TOKEN]) == {"alice": SECRET, "bob": "another-secret", "token": "plain-secret-123"}
     with pytest.raises(SqlvisionError, match="shorter than 8"):
         parse_tokens(["x:short"], env=False)
-    assert json.dumps(ServeConfig().batch_limit) == "32"
+    assert ServeConfig().batch_limit(4) == 4 and ServeConfig(max_batch=16).batch_limit(4) == 16
+    assert ServeConfig(batching=False).batch_limit(64) == 1
 
 
 def test_openapi_and_its_docs_page_need_no_network(tmp_path: Path) -> None:

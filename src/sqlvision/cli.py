@@ -902,7 +902,8 @@ def _serve_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload", type=_byte_size, default=d.max_upload_bytes, metavar="SIZE",
                    help="largest request body (default 16MiB)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
-                   help=f"images per inference call with dynamic batching (default {d.max_batch})")
+                   help="images per inference call with dynamic batching (default: the engine's "
+                        "best, 4 on a CPU, 64 on a GPU)")
     p.add_argument("--batch-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
                    help=f"how long a batch waits to fill (default {d.max_wait_ms:g})")
     p.add_argument("--no-batching", action="store_true", help="score each request on its own")

@@ -100,7 +100,7 @@ class ModelPool:
         def score(pixels: np.ndarray) -> np.ndarray:
             return classifier.predict_proba(pixels)
 
-        batcher = Batcher(score, self.scorers, max_batch=self.config.batch_limit,
+        batcher = Batcher(score, self.scorers, max_batch=self.config.batch_limit(classifier.batch_size),
                           max_wait=self.config.max_wait_ms / 1000 if self.config.batching else 0.0,
                           concurrency=classifier.callers, max_queue=self.config.max_queue,
                           observe=observe)
