@@ -265,3 +265,49 @@ def test_bigquery_walkthrough_runs_in_sql_only(tmp_path: Path, shared_data: Path
     joined = {r["category"]: r for r in results[-1]}
     assert len(joined) == 10 and joined["pants"]["washing"] == "40 C"
     assert joined["pants"]["predicted_label"] == "jean, blue jean, denim"
+
+
+# -- each engine's forms, table-driven -------------------------------------------------------------
+SQL_FUNCTIONS = {"predict", "predict_topk", "embed", "ml_predict"}
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT predict('m', data).label FROM t",
+     "SELECT JSON_EXTRACT(PREDICT('m', data), '$.label') FROM t"),
+    ("SELECT unnest(predict_topk('m', data, 3)) AS e FROM t WHERE id < 5",
+     "SELECT sv_unnest_0_0.value AS e FROM t CROSS JOIN JSON_EACH(PREDICT_TOPK('m', t.data, 3)) "
+     "AS sv_unnest_0_0 WHERE t.id < 5"),
+    ("SELECT id, predict('m', data).confidence AS c FROM t JOIN u ON t.id = u.id",
+     "SELECT id, JSON_EXTRACT(PREDICT('m', data), '$.confidence') AS c FROM t JOIN u ON t.id = u.id"),
+    ("SELECT label, unnest(tags) FROM t", "SELECT label, unnest(tags) FROM t"),  # no function call
+])
+def test_sqlite_rewrites_struct_fields_and_unnest(sql: str, expected: str) -> None:
+    from sqlvision.db.sqlite_rewrite import rewrite_for_sqlite
+
+    assert rewrite_for_sqlite(sql, SQL_FUNCTIONS) == expected
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("duckdb", "{'label': 'cat', 'confidence': 0.5}"),
+    ("sqlite", "'{\"label\": \"cat\", \"confidence\": 0.5}'"),
+])
+def test_struct_fields_read_in_each_engines_form(kind: str, value: str, tmp_path: Path) -> None:
+    with fresh_database(kind, tmp_path) as url, sv.connect(url) as db:
+        b = db.backend
+        got = b.query(f"SELECT {b.field(value, 'label')} AS a, {b.field(value, 'confidence')} AS b")
+        assert got.to_pylist() == [{"a": "cat", "b": 0.5}]
+
+
+@pytest.mark.parametrize("kind", BACKEND_PARAMS)
+def test_literal_tables_read_alike_everywhere(kind: str, tmp_path: Path) -> None:
+    from sqlvision.mlsql.tables import literal_table
+
+    with fresh_database(kind, tmp_path) as url, sv.connect(url) as db:
+        b = db.backend
+        rows = [[None, 0.25, 3], ["it's \"odd\"", 1.0, 4]]
+        table = literal_table(b, ["class", "score", "n"], rows)
+        got = b.query(f"SELECT * FROM {table} AS t ORDER BY n").to_pylist()
+        assert got == [{"class": None, "score": 0.25, "n": 3},
+                       {"class": "it's \"odd\"", "score": 1.0, "n": 4}]
+        empty = literal_table(b, ["class"], [])
+        assert b.query(f"SELECT * FROM {empty} AS t").num_rows == 0
