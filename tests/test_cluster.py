@@ -194,6 +194,11 @@ def test_an_unreachable_scheduler_fails_in_one_line(tmp_path: Path,
                  f"tcp://127.0.0.1:{port}", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and f"tcp://127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    # an engine or device the workers would not use is refused before anything runs
+    code = main(["predict", "fm", "--table", "fashion", "--db", str(db), "--cluster",
+                 f"tcp://127.0.0.1:{port}", "--engine", "torch", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "--engine torch is not used there" in err
 
 
 def test_workers_without_the_train_extra_get_the_install_command(

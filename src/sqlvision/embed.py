@@ -59,6 +59,10 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     """Store the vectors of every selected row not yet embedded by this model version
     (``cluster``: on a Dask cluster, see :mod:`sqlvision.predict.cluster`)."""
     started = time.perf_counter()
+    if cluster is not None:
+        from sqlvision.predict.cluster import check_cluster_engine
+
+        check_cluster_engine(engine, None)
     name, ref_version = registry.parse_ref(model)
     bundle = registry.load(backend, name, version or ref_version, weights=engine == "torch")
     classifier = load_classifier(bundle, engine)

@@ -106,6 +106,10 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     ``distributed.Client``; see :mod:`sqlvision.predict.cluster`).
     """
     started = time.perf_counter()
+    if cluster is not None:
+        from sqlvision.predict.cluster import check_cluster_engine
+
+        check_cluster_engine(engine, device)
     name, ref_version = registry.parse_ref(model)
     bundle = bundle or registry.load(backend, name, version or ref_version, weights=engine == "torch")
     assert bundle.version is not None

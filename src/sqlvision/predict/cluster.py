@@ -321,6 +321,16 @@ def score_partition(job: ClusterJob, lo: int, hi: int) -> tuple[int, list[tuple[
     return done, failed
 
 
+def check_cluster_engine(engine: str, device: str | None) -> None:
+    """Workers score with ONNX Runtime on their CPUs: refuse a run that asks for another engine
+    or device rather than silently ignoring it."""
+    if engine != "onnxruntime" or device not in (None, "cpu", "auto"):
+        raise SqlvisionError(
+            "on a cluster the workers score with ONNX Runtime on their CPUs; "
+            f"--engine {engine}{f' --device {device}' if device else ''} is not used there",
+            "leave --engine and --device out with --cluster, or run without --cluster")
+
+
 def on_cluster(backend: Backend, cluster: Any, kind: str, table: ImageTable, bundle: ModelBundle,
                pending: str, pending_params: Any, writer: Any, bar: Any, *, top_k: int = 5,
                min_prob: float = 0.0, log: Any = print) -> Outcome:
