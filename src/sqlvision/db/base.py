@@ -329,6 +329,8 @@ class Backend(ABC):
     # -- capabilities ---------------------------------------------------------------------------
     #: whether Python functions can be called from this engine's SQL (see :meth:`install_functions`)
     sql_functions: ClassVar[bool] = False
+    #: whether they run over batches of rows (else once per row)
+    vectorized_functions: ClassVar[bool] = False
     #: whether struct and list values are native here (else they are JSON text)
     native_lists: ClassVar[bool] = False
 

@@ -210,6 +210,7 @@ class DuckDBBackend(InformationSchemaBackend):
 
     # -- SQL functions ------------------------------------------------------------------------------
     sql_functions = True
+    vectorized_functions = True
     native_lists = True
 
     def install_functions(self, functions: Sequence[SqlFunction]) -> None:

@@ -142,6 +142,11 @@ class SQLiteBackend(Backend):
 
         return rewrite_for_sqlite(sql, self._functions)
 
+    def json_top_k(self, expression: str, k: int, min_prob: float) -> str:
+        return (f"(SELECT json_group_array(json(e.value)) FROM json_each({expression}) AS e "
+                f"WHERE e.key < {int(k)} AND json_extract(e.value, '$.probability') >= "
+                f"{float(min_prob)!r})")
+
     def field(self, expression: str, name: str) -> str:
         return f"json_extract({expression}, {self.quote_literal('$.' + name)})"
 

@@ -1,10 +1,12 @@
 """The SQL each ``ML.*`` table reference becomes, on the engine at hand.
 
-- Engines that run Python inside SQL (DuckDB, SQLite) score the input query's rows through the
-  SQL function ``ml_predict`` / ``embed``, once per row, in a materialized CTE.
-- The others (PostgreSQL, MariaDB) first score the rows that have no stored prediction yet for
-  that model version (incrementally, into ``sv_predictions`` / ``sv_embeddings``), then answer
-  with a join: rerunning is cheap and the results are the stored ones.
+- Where Python functions run vectorized inside SQL (DuckDB), the input query's rows are scored
+  through the SQL function ``ml_predict`` / ``embed``, once per row, in a materialized CTE.
+- Elsewhere (PostgreSQL, MariaDB; SQLite, whose functions run row by row, when the input reads
+  one table and selects its id) the rows with no stored prediction yet for that model version
+  are scored first, in batches as ``predict`` does (incrementally, into ``sv_predictions`` /
+  ``sv_embeddings``), then the answer is a join: rerunning is cheap and the results are the
+  stored ones. SQLite scores any other input through its row functions.
 - ``ML.EVALUATE``, ``ML.CONFUSION_MATRIX`` and ``ML.MODELS`` are computed here and handed to
   the engine as a table of literals, so they compose with the rest of the statement.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -19,11 +22,11 @@ import pyarrow as pa
 from sqlvision.errors import SqlvisionError
 from sqlvision.mlsql.parse import Call
 from sqlvision.models import registry
+from sqlvision.tables import ImageTable
 
 if TYPE_CHECKING:
     from sqlvision.connection import Database
     from sqlvision.db.base import Backend
-    from sqlvision.models.bundle import ModelBundle
 
 IMAGE_COLUMNS = ("data", "image", "content", "bytes", "uri", "path")
 PREDICT_OPTIONS = ("top_k", "min_prob", "image_column")
@@ -89,7 +92,7 @@ def predict_sql(db: Database, call: Call) -> str:
     image = image_column(schema, call)
     k, min_prob = _cut(call)
     keep = ", ".join(f"sv_in.{backend.quote_column(c)}" for c in schema.names)
-    if backend.sql_functions:
+    if _in_sql(db, call, schema):
         db.register_functions([call.model])
         p = "sv_in.sv_p"
         return (f"(WITH sv_in AS MATERIALIZED (SELECT sv_q.*, ml_predict("
@@ -99,17 +102,16 @@ def predict_sql(db: Database, call: Call) -> str:
                 f"{backend.field(p, 'confidence')} AS confidence, "
                 f"{backend.field(p, 'top_k')} AS top_k, "
                 f"{backend.field(p, 'error')} AS prediction_error FROM sv_in)")
-    bundle, source, id_col = _stored(db, call, schema, image, "predictions")
+    stored = _stored(db, call, schema, image, "predictions")
     from sqlvision.predict.batch import PREDICTIONS, predict_table
 
-    predict_table(backend, bundle.ref, source, where=_rows_of(backend, source.id, call.query),
-                  top_k=max(k, STORED_TOP_K), progress=False, bundle=bundle, log=_quiet)
+    predict_table(backend, stored.ref, stored.table, where=stored.rows, top_k=max(k, STORED_TOP_K),
+                  progress=False, log=_quiet)
     top_k = ("sv_p.top_k" if (k, min_prob) == (STORED_TOP_K, 0.0)
              else backend.json_top_k("sv_p.top_k", k, min_prob))
     return (f"(SELECT {keep}, sv_p.label AS predicted_label, sv_p.confidence AS confidence, "
             f"{top_k} AS top_k, sv_p.error AS prediction_error FROM ({call.query}) AS sv_in "
-            f"LEFT JOIN {backend.quote(PREDICTIONS)} AS sv_p ON "
-            f"{_join(backend, bundle, source.name, id_col, 'sv_p')})")
+            f"LEFT JOIN {backend.quote(PREDICTIONS)} AS sv_p ON {stored.join(backend, 'sv_p')})")
 
 
 def embed_sql(db: Database, call: Call) -> str:
@@ -119,33 +121,69 @@ def embed_sql(db: Database, call: Call) -> str:
     schema = input_columns(backend, call.query)
     image = image_column(schema, call)
     keep = ", ".join(f"sv_in.{backend.quote_column(c)}" for c in schema.names)
-    if backend.sql_functions:
+    if _in_sql(db, call, schema):
         db.register_functions([call.model])
         return (f"(SELECT {keep}, embed({backend.quote_literal(call.model)}, "
                 f"sv_in.{backend.quote_column(image)}) AS embedding FROM ({call.query}) AS sv_in)")
-    bundle, source, id_col = _stored(db, call, schema, image, "embeddings")
+    stored = _stored(db, call, schema, image, "embeddings")
     from sqlvision.embed import EMBEDDINGS, embed_table
 
-    embed_table(backend, bundle.ref, source, where=_rows_of(backend, source.id, call.query),
-                progress=False, log=_quiet)
+    embed_table(backend, stored.ref, stored.table, where=stored.rows, progress=False, log=_quiet)
     return (f"(SELECT {keep}, sv_e.embedding AS embedding FROM ({call.query}) AS sv_in "
-            f"LEFT JOIN {backend.quote(EMBEDDINGS)} AS sv_e ON "
-            f"{_join(backend, bundle, source.name, id_col, 'sv_e')})")
+            f"LEFT JOIN {backend.quote(EMBEDDINGS)} AS sv_e ON {stored.join(backend, 'sv_e')})")
 
 
 def _quiet(_line: str) -> None:
     """Scoring inside a statement prints nothing: the statement's answer is its result."""
 
 
-def _stored(db: Database, call: Call, schema: pa.Schema, image: str,
-            what: str) -> tuple[ModelBundle, Any, str]:
-    """The model version, the image table the input reads, and its id column among the input's
-    columns: what stored results are keyed by."""
-    from sqlvision.tables import ImageTable
+def _in_sql(db: Database, call: Call, schema: pa.Schema) -> bool:
+    """Whether to score through the SQL functions: where the engine runs them vectorized, or
+    runs them at all and the input is not one table's rows with their ids (which the stored
+    path, batched like ``predict``, needs)."""
+    backend = db.backend
+    if not backend.sql_functions:
+        return False
+    if backend.vectorized_functions:
+        return True
+    table = source_table(backend, call.query)
+    if table is None or not backend.table_exists(table):
+        return True
+    try:
+        return ImageTable.resolve(backend, table).id not in schema.names
+    except SqlvisionError:
+        return True
 
+
+@dataclass(frozen=True)
+class Stored:
+    """Where stored results for an ``ML.*`` input are: the model version, the image table the
+    input reads, and the condition selecting its rows there."""
+
+    name: str
+    version: int
+    table: ImageTable
+    rows: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def join(self, backend: Backend, alias: str) -> str:
+        """The condition joining stored rows (``alias``) with the input (``sv_in``)."""
+        literal = backend.quote_literal
+        return (f"{alias}.source_table = {literal(self.table.name)} AND "
+                f"{alias}.model = {literal(self.name)} AND {alias}.model_version = "
+                f"{int(self.version)} AND {alias}.image_id = "
+                f"sv_in.{backend.quote_column(self.table.id)}")
+
+
+def _stored(db: Database, call: Call, schema: pa.Schema, image: str, what: str) -> Stored:
+    """The stored results an input's rows are keyed by; the input must read one table and
+    select its id column. The model itself is not read here (only its version)."""
     backend = db.backend
     name, version = registry.parse_ref(call.model)
-    bundle = registry.load(backend, name, version, weights=False)
+    number = registry.resolve_version(backend, name, version)
     table = source_table(backend, call.query)
     if table is None:
         raise SqlvisionError(
@@ -156,7 +194,8 @@ def _stored(db: Database, call: Call, schema: pa.Schema, image: str,
         raise SqlvisionError(
             f"on {backend.dialect}, ML.{call.kind} joins stored {what} by row id: the input "
             f"query must select {table}.{source.id}", f"SELECT {source.id}, {image} FROM {table}")
-    return bundle, source, source.id
+    q = backend.quote_column(source.id)
+    return Stored(name, number, source, f"{q} IN (SELECT sv_rows.{q} FROM ({call.query}) AS sv_rows)")
 
 
 def source_table(backend: Backend, query: str) -> str | None:
@@ -175,19 +214,6 @@ def source_table(backend: Backend, query: str) -> str | None:
         return None
     table = source.this
     return ".".join(part for part in (table.catalog, table.db, table.name) if part)
-
-
-def _rows_of(backend: Backend, id_col: str, query: str) -> str:
-    """A condition on the source table selecting the input query's rows."""
-    q = backend.quote_column(id_col)
-    return f"{q} IN (SELECT sv_rows.{q} FROM ({query}) AS sv_rows)"
-
-
-def _join(backend: Backend, bundle: ModelBundle, table: str, id_col: str, alias: str) -> str:
-    literal = backend.quote_literal
-    return (f"{alias}.source_table = {literal(table)} AND {alias}.model = {literal(bundle.name)} "
-            f"AND {alias}.model_version = {int(bundle.version or 0)} "
-            f"AND {alias}.image_id = sv_in.{backend.quote_column(id_col)}")
 
 
 # -- computed here, handed over as literals ------------------------------------------------------

@@ -139,26 +139,34 @@ def load_trainable(backend: Backend, ref: str) -> tuple[ModelBundle, bytes]:
                          "checkpoint file")
 
 
-def load(backend: Backend, name: str, version: int | None = None, *,
-         weights: bool = True) -> ModelBundle:
-    """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists.
-
-    ``weights=False`` leaves the PyTorch weights out: ONNX Runtime needs only the graph.
-    """
+def resolve_version(backend: Backend, name: str, version: int | None = None) -> int:
+    """The version ``name`` at ``version`` (default: the latest) is, without reading the model;
+    fails listing what exists, as :func:`load` does."""
     if not backend.table_exists(MODELS):
         raise SqlvisionError(f"model {name!r} not found: no models yet",
                              "train one first: sqlvision train NAME --table TABLE")
     where, params = "name = ?", [name]
     if version is not None:
         where, params = "name = ? AND version = ?", [name, int(version)]  # type: ignore[list-item]
-    columns = ", ".join(backend.quote_column(c.name) if weights or c.name != "weights"
-                        else "NULL AS weights" for c in MODEL_COLUMNS)
-    rows = backend.query(f"SELECT {columns} FROM {backend.quote(MODELS)} WHERE {where} "
-                         "ORDER BY version DESC LIMIT 1", params).to_pylist()
-    if not rows:
+    found = backend.scalar(f"SELECT max(version) FROM {backend.quote(MODELS)} WHERE {where}", params)
+    if found is None:
         what = f"{name}:{version}" if version is not None else name
         raise SqlvisionError(f"model {what!r} not found (models: {_known(backend)})",
                              "check the name and version with: sqlvision models list")
+    return int(found)
+
+
+def load(backend: Backend, name: str, version: int | None = None, *,
+         weights: bool = True) -> ModelBundle:
+    """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists.
+
+    ``weights=False`` leaves the PyTorch weights out: ONNX Runtime needs only the graph.
+    """
+    number = resolve_version(backend, name, version)
+    columns = ", ".join(backend.quote_column(c.name) if weights or c.name != "weights"
+                        else "NULL AS weights" for c in MODEL_COLUMNS)
+    rows = backend.query(f"SELECT {columns} FROM {backend.quote(MODELS)} WHERE name = ? AND "
+                         "version = ?", [name, number]).to_pylist()
     r = rows[0]
     for part in ("onnx", "weights") if weights else ("onnx",):
         if r[part] is None:

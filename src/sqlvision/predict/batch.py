@@ -110,14 +110,17 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
         from sqlvision.predict.cluster import check_cluster_engine
 
         check_cluster_engine(engine, device)
-    name, ref_version = registry.parse_ref(model)
-    bundle = bundle or registry.load(backend, name, version or ref_version, weights=engine == "torch")
-    assert bundle.version is not None
+    if bundle is not None:
+        assert bundle.version is not None
+        name, number = bundle.name, bundle.version
+    else:
+        name, ref_version = registry.parse_ref(model)
+        number = registry.resolve_version(backend, name, version or ref_version)
     check_integer_ids(backend, table)
     predicted_view_name(backend, table.name)  # a name too long for a view fails before any work
     ensure_predictions_table(backend)
     q, qt = backend.quote_column, backend.quote(table.name)
-    key = (table.name, bundle.name, bundle.version)
+    key = (table.name, name, number)
     condition = f"({where})" if where else "1 = 1"
     if recompute:
         with backend.transaction():
@@ -128,10 +131,28 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
     pending = (f"{condition} AND NOT EXISTS (SELECT 1 FROM {backend.quote(PREDICTIONS)} p "
                f"WHERE p.source_table = ? AND p.model = ? AND p.model_version = ? "
                f"AND p.image_id = {qt}.{q(table.id)})")
-    report = PredictReport(table.name, bundle.ref)
+    report = PredictReport(table.name, f"{name}:{number}")
     total = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0)
     todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
     report.already = total - todo
+    if todo:  # the model is read and its session built only when there is work
+        bundle = bundle or registry.load(backend, name, number, weights=engine == "torch")
+        _predict_pending(backend, table, bundle, pending, key, report, todo, engine=engine,
+                         device=device, top_k=top_k, min_prob=min_prob, batch_size=batch_size,
+                         workers=workers, progress=progress, cluster=cluster, log=log)
+    if into_columns:
+        write_back(backend, table, name, number, where)
+    report.view = create_predicted_view(backend, table, PREDICTIONS)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _predict_pending(backend: Backend, table: ImageTable, bundle: ModelBundle, pending: str,
+                     key: tuple[Any, ...], report: PredictReport, todo: int, *, engine: str,
+                     device: str | None, top_k: int, min_prob: float, batch_size: int | None,
+                     workers: int | None, progress: bool | None, cluster: Any,
+                     log: Any) -> None:
+    """Score the ``todo`` pending rows here or on ``cluster``, with a progress bar."""
     bar = progress_bar(todo, f"predict {bundle.ref}", enabled=progress)
     if cluster is not None:
         from sqlvision.predict.cluster import on_cluster
@@ -143,16 +164,11 @@ def predict_table(backend: Backend, model: str, table: ImageTable, *, where: str
             outcome = on_cluster(backend, cluster, "predict", table, bundle, pending, key, writer,
                                  bar, top_k=top_k, min_prob=min_prob, log=log)
         report.predicted, report.failed = outcome.done, outcome.failed
-    else:
-        # the session is built here only: on a cluster each worker builds its own
-        _predict_here(backend, table, bundle, load_classifier(bundle, engine, device), pending,
-                      key, report, bar,
-                      top_k=top_k, min_prob=min_prob, batch_size=batch_size, workers=workers)
-    if into_columns:
-        write_back(backend, table, bundle, where)
-    report.view = create_predicted_view(backend, table, PREDICTIONS)
-    report.seconds = time.perf_counter() - started
-    return report
+        return
+    # the session is built here only: on a cluster each worker builds its own
+    _predict_here(backend, table, bundle, load_classifier(bundle, engine, device), pending,
+                  key, report, bar, top_k=top_k, min_prob=min_prob, batch_size=batch_size,
+                  workers=workers)
 
 
 def _predict_here(backend: Backend, table: ImageTable, bundle: ModelBundle, classifier: Any,
@@ -203,7 +219,8 @@ def write_predictions(backend: Backend, source: str, bundle: ModelBundle, keys: 
         backend.insert(PREDICTIONS, pa.table(data, schema=arrow_schema(PREDICTION_COLUMNS)))
 
 
-def write_back(backend: Backend, table: ImageTable, bundle: ModelBundle, where: str | None) -> None:
+def write_back(backend: Backend, table: ImageTable, model: str, version: int,
+               where: str | None) -> None:
     """Copy this version's predictions into ``predicted_label``, ``confidence`` and
     ``predicted_at`` columns of the source table (added if missing), in one UPDATE join."""
     have = {c.lower() for c in backend.table_columns(table.name)}
@@ -219,4 +236,4 @@ def write_back(backend: Backend, table: ImageTable, bundle: ModelBundle, where: 
             table.name, table.id, PREDICTIONS, "image_id",
             {"predicted_label": "label", "confidence": "confidence", "predicted_at": "predicted_at"},
             "s.source_table = ? AND s.model = ? AND s.model_version = ?" + condition,
-            [table.name, bundle.name, bundle.version])
+            [table.name, model, version])
