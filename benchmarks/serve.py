@@ -1,14 +1,15 @@
 """The prediction service against batch ``predict``: the same model and images, in one run.
 
     python benchmarks/serve.py [--rows 400] [--arch mobilenetv3_large_100] [--clients 32]
-                               [--seconds 10] [--repeat 2] [--max-batch default,32]
+                               [--seconds 10] [--repeat 2] [--variants '--batch-wait-ms 4;--no-batching']
 
 On clothing-small JPEGs (../shared/data/clothing-small/train) in a fresh DuckDB file, with a
 randomly initialized timm model at 224 px (weights do not change the cost), round-robin, best of
 ``--repeat`` rounds:
 - batch predict: ``Database.predict`` of every row (recomputed), end to end, images/s;
-- the service (``sqlvision serve`` in its own process, on loopback), with dynamic batching at
-  each ``--max-batch`` setting and with batching off: ``--clients`` concurrent clients posting
+- the service (``sqlvision serve`` in its own process, on loopback) with each of ``--variants``
+  (default: dynamic batching waiting 4 ms or 0 ms to fill a batch of the engine's size, batches
+  of up to 32, batching off): ``--clients`` concurrent clients posting
   one JPEG each (raw bytes) for ``--seconds`` (at most ``--max-requests``), images/s; then an
   open-loop load at half that rate for as long, its p50/p99 latency; errors (any answer but
   200); the server's resident memory after a warmup at full load and after the run (flat
@@ -227,16 +228,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--max-batch", default="default,32",
-                        help="the service's --max-batch settings to compare, comma-separated "
-                             "('default': the engine's own)")
+    parser.add_argument("--variants", default="--batch-wait-ms 4;--batch-wait-ms 0;--max-batch 32;"
+                                                  "--no-batching",
+                        help="the service's settings to compare: ';'-separated, each a list of "
+                             "sqlvision serve options")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=os.environ.get("SQLVISION_BENCH_DIR")) as tmp:
         url, images = prepare(Path(tmp), args.rows, args.arch)
-        contenders = {f"serve, dynamic batching, --max-batch {m}": ([] if m == "default" else
-                                                                    ["--max-batch", m])
-                      for m in args.max_batch.split(",")}
-        contenders["serve, batching off"] = ["--no-batching"]
+        contenders = {f"serve {v.strip()}": v.split() for v in args.variants.split(";")}
         batch: list[float] = []
         served: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
         for _ in range(args.repeat):
