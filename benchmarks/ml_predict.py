@@ -18,10 +18,10 @@ For each engine, each repetition (best of ``--repeat``), on a fresh connection e
     emptied first): rows streamed to this client, scored in batches, written back;
 (b) ``SELECT predicted_label, count(*) FROM ML.PREDICT(MODEL m, (SELECT id, data FROM t WHERE
     ...)) GROUP BY 1`` from the same cold state: on DuckDB and SQLite through the SQL function
-    ``ml_predict`` in-process, on PostgreSQL and MariaDB by scoring the missing rows into
-    ``sv_predictions`` and joining;
-(c) the same statement again on the same connection (the servers reuse the stored rows; the
-    embedded engines score again).
+    ``ml_predict`` in-process (SQLite: when the input is not one table's rows with their ids),
+    else by scoring the missing rows into ``sv_predictions`` in batches and joining;
+(c) the same statement again on the same connection (stored rows are reused; DuckDB scores
+    again).
 
 The servers' tables live in a schema (PostgreSQL) or database (MariaDB) of the script's own,
 dropped at the end; the embedded engines' in files in a temporary folder
@@ -31,7 +31,6 @@ dropped at the end; the embedded engines' in files in a temporary folder
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import os
 import struct
@@ -39,14 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 import sqlvision as sv
-from sqlvision.db import parse_url
+from backends import fresh  # the servers' scratch schema and database, made and dropped
 from sqlvision.ingest.idx import read_idx
 
 SHARED = Path(os.environ.get("SQLVISION_SHARED_DATA",
@@ -57,42 +54,6 @@ TRAIN_ROWS = 3000
 
 def _quiet(_line: str) -> None:
     pass
-
-
-@contextlib.contextmanager
-def database(kind: str, folder: Path, servers: dict[str, str], tag: str) -> Iterator[str]:
-    """An empty database of ``kind``: a file in ``folder``, or a schema (PostgreSQL) or database
-    (MariaDB) of its own on the server, dropped afterwards (as tests/conftest.py does)."""
-    if kind == "duckdb":
-        yield f"duckdb:///{folder / f'{tag}.duckdb'}"
-        return
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / f'{tag}.sqlite'}"
-        return
-    name = f"sv_bench_{tag}_{uuid.uuid4().hex[:8]}"
-    base = servers[kind]
-    if kind == "postgresql":
-        import psycopg
-
-        with psycopg.connect(base, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE SCHEMA "{name}"')
-            try:
-                yield f"{base}?schema={name}"
-            finally:
-                admin.execute("SET lock_timeout = '20s'")
-                admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-        return
-    import pymysql
-
-    parsed = parse_url(base)
-    admin = pymysql.connect(host=parsed.host, port=parsed.port or 3306, user=parsed.user,
-                            password=parsed.password or "", autocommit=True, connect_timeout=5)
-    with admin, admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        try:
-            yield base.rsplit("/", 1)[0] + "/" + name
-        finally:
-            cur.execute(f"DROP DATABASE `{name}`")
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -185,10 +146,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--photo-engines", nargs="*", choices=ENGINES, default=list(ENGINES))
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--mariadb", default="mysql://root@127.0.0.1:3306/test")
     args = parser.parse_args()
-    servers = {"postgresql": args.pg, "mariadb": args.mariadb}
     results: list[tuple[str, str, dict[str, object]]] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("SQLVISION_BENCH_DIR")) as tmp:
         folder = Path(tmp)
@@ -199,7 +157,7 @@ def main() -> None:
               f"{time.perf_counter() - started:.1f} s, test accuracy {accuracy:.3f}", flush=True)
         where = "split = 'test'"
         for kind in args.engines:
-            with database(kind, folder, servers, "fm") as url:
+            with fresh(kind, folder) as url:
                 prepare_fashion(url, subset, bundle, where)
                 results.append(("Fashion-MNIST, sv_cnn_small", kind,
                                 measure(url, "fm", "fashion", where, args.repeat)))
@@ -208,7 +166,7 @@ def main() -> None:
         photos = sorted((SHARED / "clothing-small" / "train").rglob("*.jpg"))[::3][:args.rows]
         where = "id > 0"
         for kind in args.photo_engines:
-            with database(kind, folder, servers, "photo") as url:
+            with fresh(kind, folder) as url:
                 prepare_photos(url, photos, where)
                 results.append(("clothing-small photos, EfficientNet-Lite0", kind,
                                 measure(url, "imagenet", "photos", where, args.repeat)))
