@@ -356,3 +356,30 @@ def test_thumbnail_cache_is_bounded_by_bytes() -> None:
     assert cache.get("a") is None and cache.get("b") == b"xxxx" and cache.size == 8
     cache.put("d", b"yyyy")  # "c" is now the least recently used
     assert cache.get("c") is None and cache.get("b") == b"xxxx" and cache.size == 8
+
+
+def test_problem_details_mask_the_database_password() -> None:
+    from fastapi import FastAPI
+
+    from sqlvision.errors import SqlvisionError
+    from sqlvision.serve import problems
+
+    url = "postgresql://me:hunter2-secret@db.example:5432/images?sslpassword=pem-secret-99"
+    app = FastAPI()
+    problems.install(app, url)
+
+    @app.get("/fail")
+    async def fail() -> None:
+        raise SqlvisionError(f"cannot reach {url} (password hunter2-secret refused)",
+                             "check the password hunter2-secret")
+
+    @app.get("/crash")
+    async def crash() -> None:
+        raise RuntimeError(f"driver says: {url}")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        failed, crashed = c.get("/fail"), c.get("/crash")
+    assert failed.status_code == 400 and "me:***@db.example" in failed.json()["detail"]
+    assert crashed.status_code == 500 and crashed.json()["detail"] == "internal error"
+    for response in (failed, crashed):
+        assert "hunter2" not in response.text and "pem-secret" not in response.text
