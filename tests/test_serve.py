@@ -383,3 +383,39 @@ def test_problem_details_mask_the_database_password() -> None:
     assert crashed.status_code == 500 and crashed.json()["detail"] == "internal error"
     for response in (failed, crashed):
         assert "hunter2" not in response.text and "pem-secret" not in response.text
+
+
+def test_the_serve_verb_answers_a_curl_style_upload(tmp_path: Path, bundle_file: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
+    with sv.connect(url) as db:
+        db.import_model("shoes", bundle_file)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "sqlvision.cli", "serve", "--db", url,
+                               "--port", str(port), "--token", TOKEN],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        answer = httpx.post(base + "/v1/models/shoes/predict", headers=AUTH,
+                            files={"image": ("shoe.jpg", jpeg(), "image/jpeg")}).json()
+        assert answer["ref"] == "shoes:1" and answer["label"] in CLASSES
+        assert httpx.get(base + "/v1/models").status_code == 401
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0].decode()
+    assert f"127.0.0.1:{port}" in log and SECRET not in log
