@@ -64,12 +64,22 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     evaluation: the service's URL."""
     folder = tmp_path_factory.mktemp(f"serve-{request.param}")
     with fresh_database(request.param, folder) as url:
-        with sv.connect(url) as db:
-            db.ingest("clothes", write_images(folder / "images"), progress=False)
-            db.import_model("tiny", bundle_file)
-            db.predict("tiny", "clothes", progress=False, log=lambda _: None)
-            db.evaluate("tiny", "clothes", progress=False)
+        fill(url, folder, bundle_file)
         yield url
+
+
+def fill(url: str, folder: Path, bundle_file: Path | None) -> None:
+    """Table ``clothes``, model ``tiny`` (imported from ``bundle_file``, else trained here, so
+    it has training curves), its predictions and an evaluation."""
+    with sv.connect(url) as db:
+        db.ingest("clothes", write_images(folder / "images"), progress=False)
+        if bundle_file is not None:
+            db.import_model("tiny", bundle_file)
+        else:
+            db.train("tiny", "clothes", epochs=2, arch="sv_cnn_small", batch_size=4, workers=1,
+                     checkpoint_dir=folder / "ck", progress=False, log=lambda _: None)
+        db.predict("tiny", "clothes", progress=False, log=lambda _: None)
+        db.evaluate("tiny", "clothes", progress=False)
 
 
 def client(url: str, **settings: Any) -> TestClient:

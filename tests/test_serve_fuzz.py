@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
-import sqlvision as sv
 from tests.conftest import fresh_database
-from tests.test_serve import AUTH, SECRET, bundle_file, write_images  # noqa: F401 (a fixture)
+from tests.test_serve import AUTH, SECRET, bundle_file, fill  # noqa: F401 (a fixture)
 
 pytest.importorskip("fastapi", reason='needs the serve extra: pip install "sqlvision[serve]"')
 schemathesis = pytest.importorskip("schemathesis", reason="needs schemathesis (the test extra)")
@@ -30,11 +29,7 @@ def api_schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     """The schema of a live server over a database with images, a model and predictions."""
     folder = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     with fresh_database(request.param, folder) as url:
-        with sv.connect(url) as db:
-            db.ingest("clothes", write_images(folder / "images"), progress=False)
-            db.import_model("tiny", bundle_file)
-            db.predict("tiny", "clothes", progress=False, log=lambda _: None)
-            db.evaluate("tiny", "clothes", progress=False)
+        fill(url, folder, bundle_file)
         app = create_app(ServeConfig(db=url, tokens={"alice": SECRET}, max_upload_bytes=256 * 1024))
         with Server(app) as base:
             yield schemathesis.openapi.from_url(f"{base}/openapi.json")

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-import sqlvision as sv
 from tests.conftest import REPO, image_bytes
-from tests.test_serve import CLASSES, SECRET, write_images
+from tests.test_serve import CLASSES, SECRET, fill
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytest.importorskip("fastapi", reason='needs the serve extra: pip install "sqlvision[serve]"')
@@ -61,12 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     curves), its predictions and an evaluation."""
     folder = tmp_path_factory.mktemp("serve-ui")
     url = f"duckdb:///{folder / 'ui.duckdb'}"
-    with sv.connect(url) as db:
-        db.ingest("clothes", write_images(folder / "images"), progress=False)
-        db.train("tiny", "clothes", epochs=2, arch="sv_cnn_small", batch_size=4, workers=1,
-                 checkpoint_dir=folder / "ck", progress=False, log=lambda _: None)
-        db.predict("tiny", "clothes", progress=False, log=lambda _: None)
-        db.evaluate("tiny", "clothes", progress=False)
+    fill(url, folder, None)
     app = create_app(ServeConfig(db=url, tokens={"alice": SECRET}))
     with Server(app) as base:
         yield base, app
