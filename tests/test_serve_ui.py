@@ -168,6 +168,7 @@ def test_ui_table_filter_image_relabel_review_model_upload(site: tuple[str, Any]
     expect(page.get_by_test_id("confusion")).to_be_visible()
     expect(page.get_by_test_id("curves")).to_be_visible()
     expect(page.get_by_test_id("evaluation")).to_contain_text("accuracy")
+    assert page.locator("main p").first.inner_text().startswith("versions: 1 · classes: boot, coat, hat")
     shot(page, "4-model")
     cell = page.get_by_test_id("cell").first
     count = int(cell.inner_text())

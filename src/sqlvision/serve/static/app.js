@@ -15,7 +15,7 @@ function h(tag, attrs, ...children) {
     else if (key === "text") el.textContent = value;
     else el.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -28,7 +28,7 @@ function svg(tag, attrs, ...children) {
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
     else el.setAttribute(key, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined) el.append(child instanceof Node ? child : String(child));
   }
   return el;
@@ -240,10 +240,11 @@ function curvesChart(curves) {
   const values = curves.flatMap(c => series.map(s => c[s[0]]).filter(v => v !== null && v !== undefined));
   const max = Math.max(1, ...values), n = Math.max(1, curves.length - 1);
   const x = i => left + ((width - left - 120) * i) / n, y = v => top + height - (height * v) / max;
-  const chart = svg("svg", { width, height: height + 30, "data-testid": "curves" });
+  const chart = svg("svg", { width, height: height + 40, "data-testid": "curves" });
   chart.append(svg("line", { x1: left, x2: left, y1: top, y2: top + height, stroke: "#999" }),
     svg("line", { x1: left, x2: width - 120, y1: top + height, y2: top + height, stroke: "#999" }),
     svg("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, max.toFixed(2)),
+    svg("text", { x: left - 4, y: top + height, "text-anchor": "end" }, "0"),
     svg("text", { x: (width - 120) / 2, y: top + height + 24 }, "epoch"));
   series.forEach(([key, color], k) => {
     const points = curves.map((c, i) => [i, c[key]]).filter(p => p[1] !== null && p[1] !== undefined);
