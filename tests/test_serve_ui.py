@@ -5,6 +5,7 @@ prediction. Screenshots go to ``$SQLVISION_TEST_ARTIFACTS`` (default ``.tmp/ui-s
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -187,6 +188,16 @@ def test_ui_table_filter_image_relabel_review_model_upload(site: tuple[str, Any]
                                headers={"Authorization": f"Bearer {SECRET}",
                                         "Content-Type": "image/jpeg"}).json()
     assert page.get_by_test_id("predicted-label").inner_text() == answer["label"]
+
+    # dropping an image classifies it too
+    page.get_by_test_id("upload-result").evaluate("node => node.replaceChildren()")
+    dropped = page.evaluate_handle(
+        """b64 => { const data = new DataTransfer();
+                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    data.items.add(new File([bytes], "drop.jpg", {type: "image/jpeg"}));
+                    return data; }""", base64.b64encode(picture.read_bytes()).decode())
+    page.dispatch_event("[data-testid=drop]", "drop", {"dataTransfer": dropped})
+    expect(page.get_by_test_id("predicted-label")).to_have_text(answer["label"])
 
     # the OpenAPI page renders from the package's own Swagger UI files
     page.goto(base + "/docs")
