@@ -1,5 +1,5 @@
 """The API fuzzed from its own OpenAPI schema (schemathesis): whatever the inputs, no server
-error, on an embedded engine and on PostgreSQL (the strictest about text and numbers)."""
+error, on every engine."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_database
+from tests.conftest import BACKEND_PARAMS, fresh_database
 from tests.test_serve import AUTH, SECRET, bundle_file, fill  # noqa: F401 (a fixture)
 
 pytest.importorskip("fastapi", reason='needs the serve extra: pip install "sqlvision[serve]"')
@@ -20,10 +20,8 @@ from schemathesis.checks import not_a_server_error  # noqa: E402
 from sqlvision.serve import ServeConfig, create_app  # noqa: E402
 from tests.test_serve_ui import Server  # noqa: E402
 
-FUZZ_BACKENDS = ["duckdb", pytest.param("postgresql", marks=pytest.mark.server)]
 
-
-@pytest.fixture(scope="module", params=FUZZ_BACKENDS)
+@pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def api_schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                bundle_file: Path) -> Iterator[Any]:  # noqa: F811
     """The schema of a live server over a database with images, a model and predictions."""
