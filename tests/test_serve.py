@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,31 @@ CLASSES = ("boot", "coat", "hat")
 TOKEN = "alice:correct-horse-battery"
 SECRET = TOKEN.split(":", 1)[1]
 AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+class Server:
+    """uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
 
 
 def write_images(root: Path) -> Path:
@@ -399,7 +426,6 @@ def test_the_serve_verb_answers_a_curl_style_upload(tmp_path: Path, bundle_file:
     import socket
     import subprocess
     import sys
-    import time
 
     url = f"duckdb:///{tmp_path / 'cli.duckdb'}"
     with sv.connect(url) as db:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKEND_PARAMS, fresh_database
-from tests.test_serve import AUTH, SECRET, bundle_file, fill  # noqa: F401 (a fixture)
+from tests.test_serve import AUTH, SECRET, Server, bundle_file, fill  # noqa: F401 (a fixture)
 
 pytest.importorskip("fastapi", reason='needs the serve extra: pip install "sqlvision[serve]"')
 schemathesis = pytest.importorskip("schemathesis", reason="needs schemathesis (the test extra)")
@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from sqlvision.serve import ServeConfig, create_app  # noqa: E402
-from tests.test_serve_ui import Server  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=BACKEND_PARAMS)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +14,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, image_bytes
-from tests.test_serve import CLASSES, SECRET, fill
+from tests.test_serve import CLASSES, SECRET, Server, fill
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("SQLVISION_CHROMIUM", "/usr/bin/chromium"))  # Debian's
 pytest.importorskip("fastapi", reason='needs the serve extra: pip install "sqlvision[serve]"')
-uvicorn = pytest.importorskip("uvicorn")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra)")
 if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (bash scripts/setup-browser.sh)",
@@ -30,29 +27,6 @@ from sqlvision.serve import ServeConfig, create_app  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("SQLVISION_TEST_ARTIFACTS", REPO / ".tmp" / "ui-screenshots"))
 WAIT_MS = 15_000
-
-
-class Server:
-    """uvicorn on a free loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
