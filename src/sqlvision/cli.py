@@ -920,6 +920,9 @@ def _serve(args: argparse.Namespace) -> int:
                          max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms,
                          batching=not args.no_batching,
                          **({"max_pixels": pixels} if pixels is not None else {}))
+    if args.host not in ("127.0.0.1", "::1", "localhost") and not config.tokens:
+        print(f"sqlvision: warning: serving {args.host} without a token: whoever reaches it reads "
+              "the database's images (add --token NAME:SECRET)", file=sys.stderr)
     run(config, args.host, args.port)
     return 0
 
