@@ -20,7 +20,7 @@ from sqlvision.predict.batch import top_k_entries
 from sqlvision.serve import queries, review, thumbnails
 from sqlvision.serve.auth import read_access, write_access
 from sqlvision.serve.inputs import REQUEST_BODY, check_image, number, read_upload
-from sqlvision.serve.problems import Problem
+from sqlvision.serve.problems import RESPONSES, Problem
 
 INT64 = 2**63 - 1
 _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "BMP": "image/bmp",
@@ -62,8 +62,8 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
-health = APIRouter(tags=["health"])
-api = APIRouter(prefix="/v1", dependencies=[Depends(read_access)])
+health = APIRouter(tags=["health"], responses={503: RESPONSES[503], 401: RESPONSES[401]})
+api = APIRouter(prefix="/v1", dependencies=[Depends(read_access)], responses=RESPONSES)
 
 
 @health.get("/healthz", summary="liveness: the process answers")

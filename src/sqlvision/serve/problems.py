@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from sqlvision.db.url import redact_text
@@ -18,6 +19,24 @@ from sqlvision.errors import ImageError, SqlvisionError
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("sqlvision.serve")
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error answer (RFC 9457), for the OpenAPI schema."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    hint: str | None = None
+    instance: str | None = None
+
+
+#: the error answers every API route may give, as OpenAPI documents them
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": HTTPStatus(status).phrase,
+             "content": {MEDIA_TYPE: {"schema": ProblemDetails.model_json_schema()}}}
+    for status in (400, 401, 403, 404, 413, 415, 422, 503)}
 
 
 class Problem(Exception):
