@@ -127,6 +127,7 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.used = time.monotonic()
 
     @classmethod
     async def open(cls, base: str) -> Connection:
@@ -142,6 +143,7 @@ class Connection:
         length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length:"))
         await self.reader.readexactly(length)
+        self.used = time.monotonic()
         return int(head.split(b" ", 2)[1])
 
     def close(self) -> None:
@@ -184,6 +186,8 @@ async def open_loop(base: str, images: list[bytes], rate: float, seconds: float,
 
     async def one(data: bytes) -> None:
         nonlocal errors
+        while idle and time.monotonic() - idle[-1].used > 2:  # the server closes idle ones
+            idle.pop().close()
         connection = idle.pop() if idle else await Connection.open(base)
         started = time.perf_counter()
         status = await connection.post(PATH, data)

@@ -1,5 +1,7 @@
 """Dynamic batching: concurrent requests for one model version are gathered into one inference
-call, up to ``max_batch`` images or until the first waited ``max_wait`` seconds.
+call, up to ``max_batch`` images or until the first waited ``max_wait`` seconds. A batch waits
+only while another one is scoring: on an idle engine a request starts at once, and under load
+the requests that queued up during the previous batch go together.
 
 Up to ``concurrency`` batches score at once (one per core for single-threaded ONNX Runtime
 sessions, as batch ``predict`` does); while they run, the next batch gathers. The queue is
@@ -69,7 +71,7 @@ class Batcher:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
                     remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if remaining <= 0 or not self.running:  # an idle engine starts at once
                         break
                     try:
                         item = await asyncio.wait_for(self.queue.get(), remaining)
