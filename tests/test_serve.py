@@ -350,6 +350,19 @@ def test_batcher_gathers_splits_and_bounds_its_queue() -> None:
         asyncio.run(scenario(8, max_queue=2))
     assert full.value.status == 503
 
+    async def lone_request() -> float:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(score, pool, max_batch=8, max_wait=30.0)
+            started = time.perf_counter()
+            await batcher.submit(np.zeros((1, 1, 2, 2), np.uint8))
+            elapsed = time.perf_counter() - started
+            await batcher.close()
+            return elapsed
+
+    assert asyncio.run(lone_request()) < 5  # an idle engine does not wait for company
+
 
 def test_serve_verb_refuses_a_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sqlvision.cli import main

@@ -45,6 +45,7 @@ class Batcher:
         self.observe = observe
         self.running: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.gathering = False  # holding requests taken from the queue, not yet scoring
         self.task = asyncio.get_running_loop().create_task(self._gather())
 
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
@@ -64,6 +65,7 @@ class Batcher:
         while True:
             await self.slots.acquire()
             items = [await self.queue.get()]
+            self.gathering = True
             size = len(items[0].pixels)
             deadline = loop.time() + self.max_wait
             while size < self.max_batch:
@@ -82,6 +84,7 @@ class Batcher:
             task = loop.create_task(self._run(items, size))
             self.running.add(task)
             task.add_done_callback(self.running.discard)
+            self.gathering = False
 
     async def _run(self, items: list[_Item], size: int) -> None:
         try:
@@ -106,13 +109,11 @@ class Batcher:
     async def close(self) -> None:
         """Take no more requests; finish those queued and scoring, then stop."""
         self.closed = True
-        while not self.queue.empty() or self.running:
-            await asyncio.sleep(self.max_wait or 0.001)
+        while not self.queue.empty() or self.gathering or self.running:
             if self.running:
                 await asyncio.gather(*self.running, return_exceptions=True)
-        await asyncio.sleep(self.max_wait + 0.001)  # a batch still gathering starts scoring
-        if self.running:
-            await asyncio.gather(*self.running, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.001)
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
