@@ -134,8 +134,8 @@ function statsChart(info, onPick) {
         svg("title", {}, (row.label ?? "(none)") + " / " + s + ": " + value));
       chart.append(bar);
     });
-    chart.append(svg("text", { x: x0 + (14 * splits.length) / 2, y: top + height + 14, "text-anchor": "middle",
-      transform: "rotate(25 " + (x0 + (14 * splits.length) / 2) + " " + (top + height + 14) + ")" }, row.label ?? "(none)"));
+    const lx = x0 + (14 * splits.length) / 2 - 4, ly = top + height + 14;
+    chart.append(svg("text", { x: lx, y: ly, transform: "rotate(30 " + lx + " " + ly + ")" }, row.label ?? "(none)"));
   });
   splits.forEach((s, k) => chart.append(
     svg("rect", { x: width - 110, y: top + k * 18, width: 12, height: 12, fill: colors[k % colors.length] }),
