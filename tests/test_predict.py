@@ -32,13 +32,15 @@ def trained(request: pytest.FixtureRequest,
 
 
 def sql_functions_run_here(request: pytest.FixtureRequest, db: sv.Database) -> bool:
-    """Python functions run inside DuckDB and SQLite only: on a server, the known gap is a
-    strict xfail that names the error (their predictions reach SQL through the view)."""
+    """Python functions run inside a sqlvision connection's SQL on DuckDB and SQLite only: on a
+    server, the known gap is a strict xfail that names the error (there, predictions reach SQL
+    through ML.PREDICT, the TABLE_predicted view, or PostgreSQL's PL/Python functions)."""
     if db.backend.sql_functions:
         return True
     request.applymarker(pytest.mark.xfail(
         strict=True, raises=sv.SqlvisionError,
-        reason=f"{db.backend.dialect} cannot run predict() inside SQL; use TABLE_predicted"))
+        reason=f"{db.backend.dialect} runs no Python inside this connection's SQL; use "
+               "ML.PREDICT, TABLE_predicted, or install-functions on PostgreSQL"))
     return False
 
 
