@@ -8,7 +8,7 @@ Three recipes, picked from the images and the weights this machine has:
   weights, ``--pretrained``, or a pretrained ``--from`` model): ``tf_efficientnet_lite0`` at its
   native 224 px, center-cropped, photo augmentation; first the new classifier is fitted by
   logistic regression on the frozen network's features, then the last four layer groups train
-  with it for 3 epochs of 32, pretrained layers at 0.3x the classifier's learning rate, batch
+  with it for 6 epochs of 32, pretrained layers at 0.3x the classifier's learning rate, batch
   norms at their pretrained statistics.
 - ``from-scratch``: photos without pretrained weights: ``sv_cnn`` at 64 px, squashed, photo
   augmentation, 10 epochs.
@@ -60,7 +60,7 @@ class Recipe:
 
 
 SMALL_IMAGES = Recipe("small-images", architectures.DEFAULT_ARCH, None, "squash", "light", 10, "all")
-FINE_TUNE = Recipe("fine-tune", PHOTO_ARCH, 224, "crop", "standard", 3, "last:4", probe=True,
+FINE_TUNE = Recipe("fine-tune", PHOTO_ARCH, 224, "crop", "standard", 6, "last:4", probe=True,
                    pretrained=True, backbone_lr_scale=0.3, frozen_norm=True, batch_size=32)
 FROM_SCRATCH = Recipe("from-scratch", architectures.DEFAULT_ARCH, 64, "squash", "standard", 10, "all")
 RECIPES = (SMALL_IMAGES, FINE_TUNE, FROM_SCRATCH)
