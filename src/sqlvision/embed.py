@@ -64,17 +64,13 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
 
         check_cluster_engine(engine, None)
     name, ref_version = registry.parse_ref(model)
-    bundle = registry.load(backend, name, version or ref_version, weights=engine == "torch")
-    classifier = load_classifier(bundle, engine)
-    if not classifier.has_features:
-        raise SqlvisionError(f"model {bundle.ref} has no feature output",
-                             "embed with a model sqlvision trained")
+    number = registry.resolve_version(backend, name, version or ref_version)
     check_integer_ids(backend, table)
     if not backend.table_exists(EMBEDDINGS):
         backend.create_table(EMBEDDINGS, EMBEDDING_COLUMNS,
                              primary_key=("source_table", "image_id", "model", "model_version"))
     q, qt = backend.quote_column, backend.quote(table.name)
-    key = [table.name, bundle.name, bundle.version]
+    key = [table.name, name, number]
     condition = f"({where})" if where else "1 = 1"
     if recompute:
         with backend.transaction():
@@ -83,9 +79,17 @@ def embed_table(backend: Backend, model: str, table: ImageTable, *, where: str |
     pending = (f"{condition} AND NOT EXISTS (SELECT 1 FROM {backend.quote(EMBEDDINGS)} e WHERE "
                "e.source_table = ? AND e.model = ? AND e.model_version = ? "
                f"AND e.image_id = {qt}.{q(table.id)})")
-    report = EmbedReport(table.name, bundle.ref)
+    report = EmbedReport(table.name, f"{name}:{number}")
     todo = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {pending}", key) or 0)
     report.already = int(backend.scalar(f"SELECT count(*) FROM {qt} WHERE {condition}") or 0) - todo
+    if not todo:  # the model is read and its session built only when there is work
+        report.seconds = time.perf_counter() - started
+        return report
+    bundle = registry.load(backend, name, number, weights=engine == "torch")
+    classifier = load_classifier(bundle, engine)
+    if not classifier.has_features:
+        raise SqlvisionError(f"model {bundle.ref} has no feature output",
+                             "embed with a model sqlvision trained")
     bar = progress_bar(todo, f"embed {bundle.ref}", enabled=progress)
     if cluster is not None:
         from sqlvision.predict.cluster import on_cluster

@@ -54,10 +54,16 @@ def option_arguments(parser: argparse.ArgumentParser, options: dict[str, Any]) -
     return argv
 
 
-def parse_options(path: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
-    """``argv`` read by the parser of verb ``path``; its errors raised, in option names."""
+def parse_options(path: tuple[str, ...], argv: list[str],
+                  options: dict[str, Any]) -> argparse.Namespace:
+    """``argv`` plus the OPTIONS, read by the parser of verb ``path``; its errors raised, in
+    option names. Options naming what the statement itself says are refused."""
     from sqlvision.cli import verb_parser
 
+    taken = sorted(set(options) & set(FROM_QUERY))
+    if taken:
+        raise SqlvisionError(f"option {taken[0]!r} comes from the statement, not OPTIONS",
+                             "AS SELECT image, label [, split] FROM table WHERE ...")
     parser = verb_parser(*path)
 
     def error(message: str) -> Any:
@@ -66,7 +72,7 @@ def parse_options(path: tuple[str, ...], argv: list[str]) -> argparse.Namespace:
         raise SqlvisionError(f"OPTIONS: {readable}", "see sqlvision " + " ".join(path) + " --help")
 
     parser.error = error  # type: ignore[method-assign]
-    return parser.parse_args(argv)
+    return parser.parse_args([*argv, *option_arguments(parser, options)])
 
 
 def training_query(backend: Backend, query: str) -> dict[str, str | None]:
@@ -139,8 +145,7 @@ def create_model(db: Database, statement: CreateModel) -> pa.Table:
         if not path:
             raise SqlvisionError(f"model_type={model_type!r} needs model_path",
                                  "OPTIONS(model_type='onnx', model_path='m.onnx', labels='labels.txt')")
-        args = parse_options(("models", "import"), [statement.name, str(path),
-                                                    *_arguments(("models", "import"), options)])
+        args = parse_options(("models", "import"), [statement.name, str(path)], options)
         from sqlvision.cli import import_from_args
 
         return _registered(import_from_args(db, args), statement.name, "imported")
@@ -153,21 +158,11 @@ def create_model(db: Database, statement: CreateModel) -> pa.Table:
     for key in ("image_col", "label_col", "split_col", "where"):
         if parts[key] is not None:
             argv += ["--" + key.replace("_", "-"), str(parts[key])]
-    args = parse_options(("train",), [*argv, "--no-progress", *_arguments(("train",), options)])
+    args = parse_options(("train",), [*argv, "--no-progress"], options)
     from sqlvision.cli import train_from_args
 
     result = train_from_args(db, args, log=lambda line: print(line, file=sys.stderr, flush=True))
     return _registered(result.bundle, statement.name, "trained")
-
-
-def _arguments(path: tuple[str, ...], options: dict[str, Any]) -> list[str]:
-    from sqlvision.cli import verb_parser
-
-    taken = sorted(set(options) & set(FROM_QUERY))
-    if taken:
-        raise SqlvisionError(f"option {taken[0]!r} comes from the statement, not OPTIONS",
-                             "AS SELECT image, label [, split] FROM table WHERE ...")
-    return option_arguments(verb_parser(*path), options)
 
 
 def _registered(bundle: Any, name: str, action: str) -> pa.Table:
@@ -209,13 +204,12 @@ def create_external_table(db: Database, statement: CreateExternalTable) -> pa.Ta
     if db.backend.table_exists(statement.name) and not statement.replace:
         raise SqlvisionError(f"table {statement.name!r} exists",
                              "CREATE OR REPLACE EXTERNAL TABLE re-reads its files")
-    from sqlvision.cli import ingest_from_args, verb_parser
+    from sqlvision.cli import ingest_from_args
 
-    argv = [statement.name, *uris, "--reference", "--no-progress",
-            *option_arguments(verb_parser("ingest"), options)]
+    argv = [statement.name, *uris, "--reference", "--no-progress"]
     if statement.replace:
         argv.append("--refresh")
-    report = ingest_from_args(db, parse_options(("ingest",), argv))
+    report = ingest_from_args(db, parse_options(("ingest",), argv, options))
     return pa.table({"table": [statement.name], "added": [report.added],
                      "updated": [report.updated], "missing": [report.missing],
                      "skipped": [report.skipped]})

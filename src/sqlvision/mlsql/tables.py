@@ -262,8 +262,8 @@ def _evaluation(db: Database, call: Call) -> Any:
         f"sv_e.confidence AS confidence, sv_e.top_k AS top_k FROM {predict_sql(db, predicted)} "
         "AS sv_e").to_pylist()
     name, version = registry.parse_ref(call.model)
-    bundle = registry.load(backend, name, version, weights=False)
-    return score_predictions(bundle.ref, list(bundle.classes), rows, str, k, source="the input query")
+    number, classes = registry.load_classes(backend, name, version)
+    return score_predictions(f"{name}:{number}", classes, rows, str, k, source="the input query")
 
 
 def evaluate_sql(db: Database, call: Call) -> str:

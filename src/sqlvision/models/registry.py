@@ -156,6 +156,14 @@ def resolve_version(backend: Backend, name: str, version: int | None = None) -> 
     return int(found)
 
 
+def load_classes(backend: Backend, name: str, version: int | None = None) -> tuple[int, list[str]]:
+    """The version ``name`` at ``version`` is and its class names, without reading the model."""
+    number = resolve_version(backend, name, version)
+    value = backend.scalar(f"SELECT classes FROM {backend.quote(MODELS)} WHERE name = ? AND "
+                           "version = ?", [name, number])
+    return number, list(_json(value))
+
+
 def load(backend: Backend, name: str, version: int | None = None, *,
          weights: bool = True) -> ModelBundle:
     """The bundle ``name`` at ``version`` (default: the latest); fails listing what exists.

@@ -69,12 +69,9 @@ class ModelCache:
             current = self.loaded.get(ref)
             if current is not None and version is not None:
                 continue
-            if current is not None:
-                latest = self.backend.scalar(
-                    f"SELECT max(version) FROM {self.backend.quote(registry.MODELS)} WHERE name = ?",
-                    [name])
-                if latest == current.bundle.version:
-                    continue
+            if current is not None and registry.resolve_version(self.backend, name) == \
+                    current.bundle.version:
+                continue
             self.loaded[ref] = load_classifier(registry.load(self.backend, name, version,
                                                              weights=False))
 

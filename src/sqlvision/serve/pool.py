@@ -35,13 +35,8 @@ class Loaded:
         return self.bundle.ref
 
 
-def _latest_version(db: Any, name: str) -> int | None:
-    backend = db.backend
-    if not backend.table_exists(registry.MODELS):
-        return None
-    value = backend.scalar(f"SELECT max(version) FROM {backend.quote(registry.MODELS)} WHERE name = ?",
-                           [name])
-    return None if value is None else int(value)
+def _latest_version(db: Any, name: str) -> int:
+    return registry.resolve_version(db.backend, name)
 
 
 def _load(db: Any, name: str, version: int | None) -> ModelBundle:
@@ -66,9 +61,6 @@ class ModelPool:
         if known is not None and now - known[1] < self.config.refresh_seconds:
             return known[0]
         version = await self.database.call(_latest_version, name)
-        if version is None:  # not found: loading says so, with the models there are
-            version = (await self.database.call(_load, name, None)).version
-            assert version is not None
         self.latest[name] = (version, now)
         return version
 
