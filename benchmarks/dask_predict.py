@@ -7,9 +7,9 @@ On clothing-small JPEGs (../shared/data/clothing-small/train) with the ImageNet
 EfficientNet-Lite0 classifier (224 px), round-robin, best of ``--repeat``:
 
 (a) ``predict`` in process against ``predict --cluster`` on a LocalCluster of 2 worker
-    processes (started once, as a user keeps a cluster up) on the same 2 cores, on DuckDB
-    (the client reads and writes) and on PostgreSQL (the workers do), with the cluster's
-    start-up time given apart;
+    processes (started once, as a user keeps a cluster up) on the same 2 cores, on DuckDB and
+    SQLite (the workers read the file, the client writes) and on PostgreSQL (the workers read
+    and write), with the cluster's start-up time given apart;
 (b) the cost of one partition beyond its images: a one-row partition's round trip once the
     model is cached, and the one-off costs per worker (model load, connection);
 (c) one PostgreSQL server: image rows streamed to 1 and 2 concurrent readers (MB/s), and
@@ -143,7 +143,8 @@ def main() -> None:
     photos = sorted((SHARED / "clothing-small" / "train").rglob("*.jpg"))[:args.rows]
     tmp = Path(tempfile.mkdtemp(prefix="sv-dist-", dir=os.environ.get("SQLVISION_BENCH_DIR")))
     schema = f"sv_bench_{uuid.uuid4().hex[:8]}"
-    urls = {"duckdb": f"duckdb:///{tmp / 'bench.duckdb'}", "postgresql": f"{args.pg}?schema={schema}"}
+    urls = {"duckdb": f"duckdb:///{tmp / 'bench.duckdb'}", "sqlite": f"sqlite:///{tmp / 'bench.sqlite'}",
+            "postgresql": f"{args.pg}?schema={schema}"}
     for url in urls.values():
         prepare(url, photos)
     started = time.perf_counter()

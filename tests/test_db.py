@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -149,3 +151,60 @@ def test_wrong_password_is_named_without_printing_it(kind: str) -> None:
     with pytest.raises(sv.SqlvisionError) as info:
         sv.connect(url)
     assert "s3cret-pw" not in str(info.value) and "sv_nobody:***@" in str(info.value)
+
+
+_READER = """
+import sys
+from sqlvision.db import open_backend
+reader = open_backend(sys.argv[1], read_only=True)
+print(reader.scalar("SELECT count(*) FROM t"))
+reader.close()
+"""
+
+
+def _count_in_another_process(url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _READER, url], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "sqlite"])
+def test_other_processes_read_a_lent_database_file(kind: str, tmp_path: Path) -> None:
+    """DuckDB lets no reader in while it holds its file, so the file is lent (detached) and
+    taken back for writes; SQLite readers and the writer work at once (WAL)."""
+    writer = open_backend(f"{kind}:///{tmp_path / ('db.' + kind)}")
+    try:
+        writer.execute("CREATE TABLE t (id INTEGER)")
+        writer.execute("INSERT INTO t VALUES (1), (2)")
+        reader = writer.reader_url()
+        assert reader is not None and Path(reader.path).is_absolute()
+        held = _count_in_another_process(str(reader.path))
+        if writer.readers_block_writes:
+            assert held.returncode != 0 and "cannot open DuckDB database" in held.stderr
+        else:
+            assert held.stdout.strip() == "2"
+        with writer.lend_file():
+            assert _count_in_another_process(str(reader.path)).stdout.strip() == "2"
+            with writer.take_file_back():
+                writer.execute("INSERT INTO t VALUES (3)")
+            assert _count_in_another_process(str(reader.path)).stdout.strip() == "3"
+        writer.execute("INSERT INTO t VALUES (4)")  # held again, tables and all
+        assert writer.scalar("SELECT count(*) FROM t") == 4
+    finally:
+        writer.close()
+
+
+def test_read_only_readers_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "ro.duckdb"
+    with sv.connect(path) as db:
+        db.backend.execute("CREATE TABLE t (id INTEGER)")
+    for url in (str(path), f"sqlite:///{tmp_path / 'ro.sqlite'}"):
+        if url.startswith("sqlite"):
+            open_backend(url).execute("CREATE TABLE t (id INTEGER)")
+        reader = open_backend(url, read_only=True)
+        try:
+            with pytest.raises(Exception, match=r"(?i)read.only|readonly"):
+                reader.execute("INSERT INTO t VALUES (1)")
+        finally:
+            reader.close()
+    with pytest.raises(sv.SqlvisionError, match="read-only"):
+        open_backend("postgresql://postgres@127.0.0.1:1/x", read_only=True)

@@ -326,6 +326,27 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the connection."""
 
+    # -- other processes reading the same database file ---------------------------------------------
+    #: whether a process reading the file keeps this one from writing it (DuckDB: one process
+    #: holds a file it may write, so while it is lent this backend writes only inside
+    #: :meth:`take_file_back`)
+    readers_block_writes: ClassVar[bool] = False
+
+    def reader_url(self) -> DatabaseURL | None:
+        """The URL other processes of this machine open to read this database from its file
+        (``open_backend(url, read_only=True)``); ``None`` without a file (in memory, servers)."""
+        return None
+
+    @contextlib.contextmanager
+    def lend_file(self) -> Iterator[None]:
+        """Let other processes open the file read-only until the block ends."""
+        yield
+
+    @contextlib.contextmanager
+    def take_file_back(self) -> Iterator[None]:
+        """Hold the lent file again for the block (to write), then lend it again."""
+        yield
+
     # -- capabilities ---------------------------------------------------------------------------
     #: whether Python functions can be called from this engine's SQL (see :meth:`install_functions`)
     sql_functions: ClassVar[bool] = False

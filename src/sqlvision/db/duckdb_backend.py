@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
@@ -54,6 +56,19 @@ def _to_arrow(relation: Any) -> pa.Table:
     return relation.fetch_arrow_table()  # duckdb < 1.4
 
 
+def _attach(con: duckdb.DuckDBPyConnection, path: str, alias: str, read_only: bool) -> None:
+    """Attach the database file ``path`` as ``alias`` (read-only: beside other readers)."""
+    target = "'" + path.replace("'", "''") + "'"
+    options = ["READ_ONLY"] if read_only else []
+    try:
+        con.execute(f"ATTACH {target} AS {quote_identifier(alias)} "
+                    f"({', '.join([*options, f'ROW_GROUP_SIZE {ROW_GROUP_ROWS}'])})")
+    except (duckdb.NotImplementedException, duckdb.ParserException, duckdb.BinderException):
+        # DuckDB < 1.2 has no ROW_GROUP_SIZE option
+        con.execute(f"ATTACH {target} AS {quote_identifier(alias)}"
+                    + (" (READ_ONLY)" if read_only else ""))
+
+
 class DuckDBBackend(InformationSchemaBackend):
     """A DuckDB database file (or ``:memory:``)."""
 
@@ -73,10 +88,16 @@ class DuckDBBackend(InformationSchemaBackend):
         "vector": "FLOAT[]",
     }
 
-    def __init__(self, url: DatabaseURL) -> None:
+    readers_block_writes = True
+    #: how long taking a lent file back waits for its readers to close it
+    TAKE_BACK_SECONDS = 30.0
+
+    def __init__(self, url: DatabaseURL, read_only: bool = False) -> None:
         super().__init__(url)
+        self.read_only = read_only
+        self._lent = False
         try:
-            self.con, self.catalog = self._open(url.path, dict(parse_qsl(url.query)))
+            self.con, self.catalog = self._open(url.path, dict(parse_qsl(url.query)), read_only)
         except duckdb.IOException as exc:
             raise SqlvisionError(
                 f"cannot open DuckDB database {url.path!r}: {exc}",
@@ -87,7 +108,8 @@ class DuckDBBackend(InformationSchemaBackend):
                                  "use DuckDB settings, e.g. ?memory_limit=2GB&threads=4") from exc
 
     @staticmethod
-    def _open(path: str, config: dict[str, Any]) -> tuple[duckdb.DuckDBPyConnection, str | None]:
+    def _open(path: str, config: dict[str, Any],
+              read_only: bool = False) -> tuple[duckdb.DuckDBPyConnection, str | None]:
         """Open ``path`` with DuckDB settings ``config`` (the URL's ``?memory_limit=2GB&...``),
         and row groups of 2,048 rows (one vector) instead of 122,880.
 
@@ -104,13 +126,61 @@ class DuckDBBackend(InformationSchemaBackend):
         con = duckdb.connect(config={"temp_directory": f"{path}.tmp", **config})
         stem = os.path.splitext(os.path.basename(path))[0] or "db"
         alias = stem if stem.lower() not in ("memory", "system", "temp") else f"{stem}_db"
-        target = "'" + path.replace("'", "''") + "'"
-        try:
-            con.execute(f"ATTACH {target} AS {quote_identifier(alias)} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
-        except (duckdb.NotImplementedException, duckdb.ParserException, duckdb.BinderException):
-            con.execute(f"ATTACH {target} AS {quote_identifier(alias)}")  # DuckDB < 1.2
+        _attach(con, path, alias, read_only)
         con.execute(f"USE {quote_identifier(alias)}")
         return con, alias
+
+    def reader_url(self) -> DatabaseURL | None:
+        if self.catalog is None:
+            return None
+        return dataclasses.replace(self.url, path=os.path.abspath(self.url.path))
+
+    @contextlib.contextmanager
+    def lend_file(self) -> Iterator[None]:
+        """Detach the file (checkpointed first) so that other processes can open it; this
+        connection keeps its SQL functions, and its tables come back with the file."""
+        if self.catalog is None or self._lent:
+            yield
+            return
+        self._release()
+        self._lent = True
+        try:
+            yield
+        finally:
+            self._lent = False
+            self._reclaim()
+
+    @contextlib.contextmanager
+    def take_file_back(self) -> Iterator[None]:
+        if not self._lent:
+            yield
+            return
+        self._reclaim()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        alias = quote_identifier(self.catalog or "")
+        if not self.read_only:
+            self.con.execute(f"CHECKPOINT {alias}")
+        self.con.execute("USE memory")
+        self.con.execute(f"DETACH {alias}")
+
+    def _reclaim(self) -> None:
+        """Attach the file again, waiting (a while) for other processes to close it."""
+        deadline = time.monotonic() + self.TAKE_BACK_SECONDS
+        while True:
+            try:
+                _attach(self.con, self.url.path, self.catalog or "", self.read_only)
+                break
+            except duckdb.IOException as exc:
+                if time.monotonic() > deadline:
+                    raise SqlvisionError(f"cannot open DuckDB database {self.url.path!r} again: "
+                                         f"{exc}", "close the other process using it") from exc
+                time.sleep(0.02)
+        self.con.execute(f"USE {quote_identifier(self.catalog or '')}")
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A second connection to the same database (for reading while ``self`` writes)."""

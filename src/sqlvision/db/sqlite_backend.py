@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
+import pathlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -40,18 +43,29 @@ class SQLiteBackend(Backend):
         "vector": "BLOB",
     }
 
-    def __init__(self, url: DatabaseURL) -> None:
+    def __init__(self, url: DatabaseURL, read_only: bool = False) -> None:
         super().__init__(url)
         try:
-            self.con = sqlite3.connect(url.path, isolation_level=None, check_same_thread=False)
+            if read_only:  # a reader beside the writer: the WAL lets both run at once
+                target = pathlib.Path(url.path).resolve().as_uri() + "?mode=ro"
+                self.con = sqlite3.connect(target, uri=True, isolation_level=None,
+                                           check_same_thread=False)
+            else:
+                self.con = sqlite3.connect(url.path, isolation_level=None, check_same_thread=False)
         except sqlite3.OperationalError as exc:
             raise SqlvisionError(
                 f"cannot open SQLite database {url.path!r}: {exc}",
                 "check that the folder exists and is writable",
             ) from exc
         self._functions: set[str] = set()
-        self.con.execute("PRAGMA journal_mode=WAL")
-        self.con.execute("PRAGMA synchronous=NORMAL")
+        if not read_only:
+            self.con.execute("PRAGMA journal_mode=WAL")
+            self.con.execute("PRAGMA synchronous=NORMAL")
+
+    def reader_url(self) -> DatabaseURL | None:
+        if self.url.path == ":memory:" or not self.url.path:
+            return None
+        return dataclasses.replace(self.url, path=os.path.abspath(self.url.path))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, [_adapt(p) for p in params])
