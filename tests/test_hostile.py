@@ -604,10 +604,17 @@ def test_ctrl_c_in_train_says_to_resume(tmp_path: Path) -> None:
     db = tmp_path / "k.duckdb"
     with sv.connect(db) as conn:
         conn.ingest("fashion", SAMPLE / "fashion-mnist", progress=False)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sqlvision.cli", "train", "fm", "--table", "fashion", "--epochs",
-         "30", "--arch", "sv_cnn_small", "--db", str(db), "--no-progress", "--checkpoint-dir",
-         str(tmp_path / "ck")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background of a non-interactive shell ignores SIGINT, and a
+    # child inherits that: give the command the default disposition, as a terminal does.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sqlvision.cli", "train", "fm", "--table", "fashion",
+             "--epochs", "30", "--arch", "sv_cnn_small", "--db", str(db), "--no-progress",
+             "--checkpoint-dir", str(tmp_path / "ck")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("epoch 1"):
