@@ -205,6 +205,39 @@ def test_a_killed_worker_leaves_exactly_one_prediction_per_row(kind: str, tmp_pa
         assert _one_per_row(url) == [(ROWS, ROWS)]
 
 
+def _die_after_the_first_commit(marker: str) -> None:
+    """Run on every worker: the first partition to commit kills its worker before answering."""
+    from sqlvision.predict import cluster
+
+    original = cluster.score_partition
+
+    def commit_then_die(*args: object) -> object:
+        result = original(*args)  # type: ignore[arg-type]
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return result
+        os._exit(1)
+
+    cluster.score_partition = commit_then_die  # type: ignore[assignment]
+
+
+@pytest.mark.server
+def test_a_partition_committed_by_a_worker_that_died_before_answering_is_counted(
+        tmp_path: Path) -> None:
+    with fresh_database("postgresql", tmp_path) as url:
+        _train_small(url, tmp_path)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as local, \
+                distributed.Client(local) as client:
+            client.run(_die_after_the_first_commit, str(tmp_path / "died"))
+            with sv.connect(url) as db:
+                report = db.predict("fm", "fashion", cluster=client, progress=False,
+                                    log=lambda _: None)
+        assert (tmp_path / "died").exists()
+        assert report.predicted == ROWS and _one_per_row(url) == [(ROWS, ROWS)]
+
+
 @pytest.mark.parametrize("kind", ["duckdb", pytest.param("postgresql", marks=pytest.mark.server)])
 def test_a_rerun_after_a_killed_client_predicts_only_what_is_missing(kind: str,
                                                                      tmp_path: Path) -> None:
