@@ -7,6 +7,8 @@ Internal SQL is written with ``?`` placeholders and double-quoted identifiers pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -334,8 +336,11 @@ class Backend(ABC):
 
     def reader_url(self) -> DatabaseURL | None:
         """The URL other processes of this machine open to read this database from its file
-        (``open_backend(url, read_only=True)``); ``None`` without a file (in memory, servers)."""
-        return None
+        (``open_backend(url, read_only=True)``); ``None`` without a file (in memory, servers,
+        whose URLs have no path)."""
+        if self.url.path in ("", ":memory:"):
+            return None
+        return dataclasses.replace(self.url, path=os.path.abspath(self.url.path))
 
     @contextlib.contextmanager
     def lend_file(self) -> Iterator[None]:

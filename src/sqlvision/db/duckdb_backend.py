@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import inspect
 import itertools
 import os
@@ -59,14 +58,16 @@ def _to_arrow(relation: Any) -> pa.Table:
 def _attach(con: duckdb.DuckDBPyConnection, path: str, alias: str, read_only: bool) -> None:
     """Attach the database file ``path`` as ``alias`` (read-only: beside other readers)."""
     target = "'" + path.replace("'", "''") + "'"
-    options = ["READ_ONLY"] if read_only else []
+
+    def statement(*options: str) -> str:
+        listed = [*(["READ_ONLY"] if read_only else []), *options]
+        return (f"ATTACH {target} AS {quote_identifier(alias)}"
+                + (f" ({', '.join(listed)})" if listed else ""))
+
     try:
-        con.execute(f"ATTACH {target} AS {quote_identifier(alias)} "
-                    f"({', '.join([*options, f'ROW_GROUP_SIZE {ROW_GROUP_ROWS}'])})")
+        con.execute(statement(f"ROW_GROUP_SIZE {ROW_GROUP_ROWS}"))
     except (duckdb.NotImplementedException, duckdb.ParserException, duckdb.BinderException):
-        # DuckDB < 1.2 has no ROW_GROUP_SIZE option
-        con.execute(f"ATTACH {target} AS {quote_identifier(alias)}"
-                    + (" (READ_ONLY)" if read_only else ""))
+        con.execute(statement())  # DuckDB < 1.2 has no ROW_GROUP_SIZE option
 
 
 class DuckDBBackend(InformationSchemaBackend):
@@ -129,11 +130,6 @@ class DuckDBBackend(InformationSchemaBackend):
         _attach(con, path, alias, read_only)
         con.execute(f"USE {quote_identifier(alias)}")
         return con, alias
-
-    def reader_url(self) -> DatabaseURL | None:
-        if self.catalog is None:
-            return None
-        return dataclasses.replace(self.url, path=os.path.abspath(self.url.path))
 
     @contextlib.contextmanager
     def lend_file(self) -> Iterator[None]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import os
 import pathlib
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -62,10 +60,6 @@ class SQLiteBackend(Backend):
             self.con.execute("PRAGMA journal_mode=WAL")
             self.con.execute("PRAGMA synchronous=NORMAL")
 
-    def reader_url(self) -> DatabaseURL | None:
-        if self.url.path == ":memory:" or not self.url.path:
-            return None
-        return dataclasses.replace(self.url, path=os.path.abspath(self.url.path))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.con.execute(sql, [_adapt(p) for p in params])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import threading
@@ -361,6 +362,7 @@ def _worker_classifier(job: ClusterJob, bundle: ModelBundle | None,
         return _classifiers[key]
 
 
+@functools.cache
 def roomy_allocator() -> None:
     """Let glibc keep freed image buffers in this process's heap. A Dask nanny starts its
     workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes the threshold above which
